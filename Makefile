@@ -1,0 +1,55 @@
+# xdpcache: `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+CLANG ?= clang-19
+export CLANG
+
+# Debian packages the build, tests, benchmarks and demo need. `make deps` installs the missing ones.
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool
+BIN := bin/xdpcache
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets with what they do.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## Install missing Debian packages (needs root) and download Go modules.
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; exit 1; fi; \
+		echo "make deps: installing$$missing" >&2; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	fi
+	@# memcached's Debian package starts a system daemon on 11211; the tests start their own.
+	@systemctl stop memcached >/dev/null 2>&1 || true
+	$(GO) mod download
+
+build: ## Build bin/xdpcache.
+	$(GO) build -o $(BIN) ./cmd/xdpcache
+
+generate: ## Compile the XDP program with clang and regenerate the bpf2go Go bindings.
+	$(GO) generate ./bpf/...
+
+check-generated: generate ## Fail if the committed bpf2go output differs from a fresh generate.
+	@git diff --exit-code -- bpf/ || { echo "bpf2go output is stale: run 'make generate' and commit" >&2; exit 1; }
+
+test: deps ## Run every test (as root, privileged BPF/XDP/netns tests included) and a short fuzz run.
+	$(MAKE) check-generated
+	$(MAKE) lint
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz-short
+
+fuzz-short: ## Run each fuzz target briefly.
+	@./scripts/fuzz.sh 10s
+
+bench: deps build ## Benchmarks side by side with their baselines; see docs/BENCHMARKS.md.
+	./scripts/bench.sh
+
+lint: ## gofmt and go vet.
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad" >&2; exit 1; fi
+	$(GO) vet ./...
+
+demo: deps build ## Run the kernel path against a Zipf load in two network namespaces and print the split.
+	./$(BIN) demo
+
+.PHONY: help deps build generate check-generated test fuzz-short bench lint demo

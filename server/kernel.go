@@ -1,0 +1,48 @@
+package server
+
+import "time"
+
+// KernelItem is what the kernel cache needs to serve one item: the same fields the server encodes
+// with protocol.AppendValue, plus the absolute expiry.
+type KernelItem struct {
+	Key   string
+	Flags uint32
+	Value []byte
+	CAS   uint64
+	// Expires is when the item stops being servable; the zero Time means never.
+	Expires time.Time
+}
+
+// KernelStats are the kernel path's own counters, summed over CPUs.
+type KernelStats struct {
+	// Requests is the number of GET requests the kernel answered (a multi-key get counts once).
+	Requests uint64
+	// Hits is the number of keys the kernel served (a multi-key get of n keys counts n), so that
+	// get_hits and cmd_get can include them the way memcached counts keys.
+	Hits uint64
+	// BytesSent is the UDP payload bytes of kernel replies.
+	BytesSent uint64
+}
+
+// KernelCache is the in-kernel copy of hot items that the XDP program serves. The server owns this
+// interface and the bpf package implements it, so the server never imports bpf.
+//
+// Consistency (DESIGN.md invariants 1 and 2) rests on one rule: the server calls every method while
+// holding the store lock of the key involved, the same lock every write to that key takes. A fill
+// therefore never races a write of the same key, and a write's Invalidate has returned, with the
+// kernel no longer able to serve the old value, before the write is acknowledged.
+//
+// Implementations must be safe for concurrent use by goroutines holding locks of different keys.
+type KernelCache interface {
+	// Invalidate stops the kernel serving key. It must not return until no later packet can be
+	// answered with the old value. It is called for every mutation, expiry and eviction of key.
+	Invalidate(key string) error
+	// Offer is called when userspace answered a UDP GET hit for it. The kernel cache applies its
+	// admission policy and may copy it in; items it cannot serve (too large, bad key) are ignored.
+	Offer(it KernelItem) error
+	// Flush makes every entry installed before deadline unservable from deadline on, in O(1).
+	// A deadline not after now takes effect at once.
+	Flush(deadline time.Time) error
+	// Stats reads the kernel counters.
+	Stats() (KernelStats, error)
+}
