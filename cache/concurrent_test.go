@@ -180,7 +180,7 @@ func TestConcurrent(t *testing.T) {
 
 type countHook struct{ n *atomic.Int64 }
 
-func (h countHook) Changed(string)     { h.n.Add(1) }
+func (h countHook) Changed(string)    { h.n.Add(1) }
 func (h countHook) Flushed(time.Time) { h.n.Add(1) }
 
 func TestConcurrentCASUnique(t *testing.T) {
