@@ -1,0 +1,11 @@
+#!/bin/sh
+# Compiles each XDP object with bpf2go (pinned by go.mod's tool directive). CLANG picks the
+# compiler; -idirafter finds Debian's asm/types.h, which -target bpf does not search.
+set -eu
+cd "$(dirname "$0")"
+cc=${CLANG:-clang-19}
+cflags="-O2 -g -Wall -Werror -idirafter /usr/include/x86_64-linux-gnu"
+export GOPACKAGE=bpf
+go tool bpf2go -cc "$cc" -target bpfel -type entry_hdr -type index_val -type counter -type entry_class xdpcache c/cache.c -- $cflags
+go tool bpf2go -cc "$cc" -target bpfel echo c/echo.c -- $cflags
+go tool bpf2go -cc "$cc" -target bpfel pass c/pass.c -- $cflags
