@@ -135,8 +135,11 @@ type Store struct {
 	maxItemSize int64
 	memoryLimit int64
 
-	// cas is the last CAS unique handed out; the first is 1.
+	// cas is the last CAS unique handed out; the first is 1. Every Replace writes it, so it sits
+	// on its own cache line, away from the fields every Get reads.
+	_   [64]byte
 	cas atomic.Uint64
+	_   [56]byte
 	// flush is the flush_all state. It is replaced only with every shard lock held, and read
 	// with at least one held.
 	flush atomic.Pointer[flushState]

@@ -1,0 +1,142 @@
+package cache
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+)
+
+// The benchmarks run each case with one shard (a single lock: the baseline) and with the default
+// 64, so the ratio between them is the gain from sharding on this machine.
+
+const benchKeys = 1 << 14
+
+var benchValue = make([]byte, 32)
+
+func benchKeySet() []string {
+	keys := make([]string, benchKeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key:%012d", i) // 16 B keys, as in BMC's workload
+	}
+	return keys
+}
+
+func benchStore(b *testing.B, shards int, keys []string) *Store {
+	b.Helper()
+	s := New(Config{MemoryLimit: 256 << 20, Shards: shards})
+	for _, k := range keys {
+		if _, err := s.Do(k, func(*Item) (*Item, Op) { return &Item{Value: benchValue}, Replace }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return s
+}
+
+var shardCases = []int{1, 64}
+
+func BenchmarkGet(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, ok := s.Get(keys[i&(benchKeys-1)]); !ok {
+					b.Fatal("miss")
+				}
+				i++
+			}
+		})
+	}
+}
+
+func BenchmarkSet(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := s.Do(keys[i&(benchKeys-1)], func(*Item) (*Item, Op) {
+					return &Item{Value: benchValue}, Replace
+				}); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
+func BenchmarkGetParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				for pb.Next() {
+					if _, ok := s.Get(keys[i&(benchKeys-1)]); !ok {
+						b.Error("miss")
+						return
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkSetParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				for pb.Next() {
+					if _, err := s.Do(keys[i&(benchKeys-1)], func(*Item) (*Item, Op) {
+						return &Item{Value: benchValue}, Replace
+					}); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkMixedParallel is 90% Get, 10% Replace, the usual cache read/write mix.
+func BenchmarkMixedParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				for pb.Next() {
+					k := keys[i&(benchKeys-1)]
+					if i%10 == 0 {
+						s.Do(k, func(*Item) (*Item, Op) { return &Item{Value: benchValue}, Replace })
+					} else {
+						s.Get(k)
+					}
+					i++
+				}
+			})
+		})
+	}
+}
