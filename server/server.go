@@ -1,0 +1,215 @@
+// Package server is xdpcache's memcached-compatible server: the text and meta protocols over TCP
+// and UDP (memcached's 8-byte frame header), stats, metrics, and the hook that keeps the kernel
+// cache consistent with every write (see KernelCache).
+//
+// A Server is safe for concurrent use. It never logs; per-request events are counters, exposed
+// through `stats` and Prometheus metrics.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xdpcache/xdpcache/cache"
+	"github.com/xdpcache/xdpcache/internal/protocol"
+)
+
+// ProtocolVersion is the memcached version whose protocol the server speaks. Clients such as
+// memccapable sniff it from the `version` reply, so it comes first there.
+const ProtocolVersion = "1.6.18"
+
+// Defaults, as memcached's.
+const (
+	DefaultConnLimit   = 1024
+	DefaultMemoryLimit = 64 << 20
+	DefaultMaxItemSize = 1 << 20
+)
+
+// maxGetLine bounds a get/gets line (a multi-key get may be long, but not unbounded): 2 MiB holds
+// some 8000 keys of the maximum length.
+const maxGetLine = 2 << 20
+
+// ErrServerClosed is returned by Serve calls made after Shutdown.
+var ErrServerClosed = errors.New("server: closed")
+
+// Config configures a Server.
+type Config struct {
+	// MemoryLimit is the item memory in bytes (memcached -m); 0 means DefaultMemoryLimit.
+	MemoryLimit int64
+	// MaxItemSize is the largest item (memcached -I); 0 means DefaultMaxItemSize.
+	MaxItemSize int64
+	// ConnLimit is the most simultaneous TCP connections (memcached -c); 0 means DefaultConnLimit.
+	ConnLimit int
+	// MaxDatagram is the largest UDP reply datagram, frame header included; 0 means 1400.
+	MaxDatagram int
+	// Kernel is the in-kernel cache kept consistent with the store; nil means no kernel path.
+	Kernel KernelCache
+	// Registry receives the server's metrics; nil means no metrics.
+	Registry prometheus.Registerer
+	// Version is ours, sent after the memcached protocol version in `version`.
+	Version string
+}
+
+// Server is a memcached-compatible server over one cache.Store.
+type Server struct {
+	cfg     Config
+	store   *cache.Store
+	kernel  KernelCache
+	st      counters
+	metrics *metrics
+	started time.Time
+	// verbosity is only remembered for `stats settings`: the server does not log.
+	verbosity atomic.Uint32
+
+	sessions sync.Pool
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	udpConns  map[*net.UDPConn]struct{}
+	conns     map[net.Conn]*tcpConn
+	wg        sync.WaitGroup
+}
+
+// New builds a server and its store. The store's hook is wired to the kernel cache, if any.
+func New(cfg Config) (*Server, error) {
+	if cfg.MemoryLimit == 0 {
+		cfg.MemoryLimit = DefaultMemoryLimit
+	}
+	if cfg.MaxItemSize == 0 {
+		cfg.MaxItemSize = DefaultMaxItemSize
+	}
+	if cfg.ConnLimit == 0 {
+		cfg.ConnLimit = DefaultConnLimit
+	}
+	if cfg.MaxDatagram == 0 {
+		cfg.MaxDatagram = protocol.MaxDatagram
+	}
+	switch {
+	case cfg.MemoryLimit < 0:
+		return nil, fmt.Errorf("check config: negative memory limit %d", cfg.MemoryLimit)
+	case cfg.MaxItemSize < 1024:
+		return nil, fmt.Errorf("check config: item size limit %d below 1024 bytes", cfg.MaxItemSize)
+	case cfg.MaxItemSize > cfg.MemoryLimit:
+		return nil, fmt.Errorf("check config: item size limit %d above memory limit %d", cfg.MaxItemSize, cfg.MemoryLimit)
+	case cfg.ConnLimit < 0:
+		return nil, fmt.Errorf("check config: negative connection limit %d", cfg.ConnLimit)
+	case cfg.MaxDatagram <= protocol.FrameHeaderLen || cfg.MaxDatagram > 65507:
+		return nil, fmt.Errorf("check config: datagram size %d out of range", cfg.MaxDatagram)
+	}
+	s := &Server{
+		cfg:       cfg,
+		kernel:    cfg.Kernel,
+		started:   time.Now(),
+		listeners: make(map[net.Listener]struct{}),
+		udpConns:  make(map[*net.UDPConn]struct{}),
+		conns:     make(map[net.Conn]*tcpConn),
+	}
+	var hook cache.Hook
+	if cfg.Kernel != nil {
+		hook = kernelHook{s}
+	}
+	s.store = cache.New(cache.Config{
+		MemoryLimit: cfg.MemoryLimit,
+		MaxItemSize: cfg.MaxItemSize,
+		Hook:        hook,
+	})
+	if cfg.Registry != nil {
+		m, err := newMetrics(s, cfg.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+		s.metrics = m
+	}
+	s.sessions.New = func() any { return newSession(s) }
+	return s, nil
+}
+
+// Store is the server's item store.
+func (s *Server) Store() *cache.Store { return s.store }
+
+// kernelHook keeps the kernel copy consistent: the store calls it under the key's lock, before the
+// write is acknowledged. Errors are counted, never logged per request.
+type kernelHook struct{ s *Server }
+
+func (h kernelHook) Changed(key string) {
+	if err := h.s.kernel.Invalidate(key); err != nil {
+		h.s.st.kernelErrors.Add(1)
+	}
+}
+
+func (h kernelHook) Flushed(deadline time.Time) {
+	if err := h.s.kernel.Flush(deadline); err != nil {
+		h.s.st.kernelErrors.Add(1)
+	}
+}
+
+// track registers a listener or connection for Shutdown; it fails once shut down.
+func (s *Server) track(add func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	add()
+	return true
+}
+
+// Shutdown stops accepting connections and datagrams, lets every connection finish the requests
+// it has read, then closes it. It waits for that or for ctx, whichever comes first; on ctx it
+// closes the remaining connections at once and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	var errs []error
+	for ln := range s.listeners {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("close listener: %w", err))
+		}
+	}
+	for uc := range s.udpConns {
+		// Wake the reader; it finishes the batch in hand and returns.
+		_ = uc.SetReadDeadline(time.Now())
+	}
+	for _, c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for nc := range s.conns {
+			_ = nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		errs = append(errs, ctx.Err())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}

@@ -1,0 +1,251 @@
+package server
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// counters are the server's own event counts, named after memcached's stats.
+type counters struct {
+	cmdGet, cmdSet, cmdFlush, cmdTouch, cmdMeta atomic.Uint64
+	getHits, getMisses                          atomic.Uint64
+	deleteHits, deleteMisses                    atomic.Uint64
+	incrHits, incrMisses, decrHits, decrMisses  atomic.Uint64
+	casHits, casMisses, casBadval               atomic.Uint64
+	touchHits, touchMisses                      atomic.Uint64
+	storeTooLarge, storeNoMemory                atomic.Uint64
+	bytesRead, bytesWritten                     atomic.Uint64
+	currConns, totalConns, rejectedConns        atomic.Int64
+	udpRequests, udpDropped                     atomic.Uint64
+	kernelErrors                                atomic.Uint64
+}
+
+// reset zeroes what memcached's `stats reset` zeroes (not gauges such as curr_connections).
+func (c *counters) reset() {
+	for _, v := range []*atomic.Uint64{&c.cmdGet, &c.cmdSet, &c.cmdFlush, &c.cmdTouch, &c.cmdMeta,
+		&c.getHits, &c.getMisses, &c.deleteHits, &c.deleteMisses, &c.incrHits, &c.incrMisses,
+		&c.decrHits, &c.decrMisses, &c.casHits, &c.casMisses, &c.casBadval, &c.touchHits,
+		&c.touchMisses, &c.storeTooLarge, &c.storeNoMemory, &c.bytesRead, &c.bytesWritten,
+		&c.udpRequests, &c.udpDropped, &c.kernelErrors} {
+		v.Store(0)
+	}
+	c.totalConns.Store(0)
+	c.rejectedConns.Store(0)
+}
+
+// stat is one "STAT name value" line.
+type stat struct{ name, value string }
+
+func u64(v uint64) string { return strconv.FormatUint(v, 10) }
+func i64(v int64) string  { return strconv.FormatInt(v, 10) }
+
+// generalStats lists the `stats` fields in memcached's order, with ours at the end.
+func (s *Server) generalStats() []stat {
+	st := &s.st
+	cs := s.store.Stats()
+	now := time.Now()
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	tv := func(t syscall.Timeval) string {
+		return strconv.FormatInt(t.Sec, 10) + "." + leftPad(strconv.FormatInt(int64(t.Usec), 10), 6)
+	}
+	getHits, cmdGet := st.getHits.Load(), st.cmdGet.Load()
+	var ks KernelStats
+	if s.kernel != nil {
+		if k, err := s.kernel.Stats(); err == nil {
+			ks = k
+		} else {
+			st.kernelErrors.Add(1)
+		}
+	}
+	// Kernel-served keys are GETs memcached would have counted.
+	getHits += ks.Hits
+	cmdGet += ks.Hits
+	accepting := "1"
+	if s.isClosed() {
+		accepting = "0"
+	}
+	return []stat{
+		{"pid", strconv.Itoa(os.Getpid())},
+		{"uptime", i64(int64(now.Sub(s.started).Seconds()))},
+		{"time", i64(now.Unix())},
+		{"version", ProtocolVersion},
+		{"pointer_size", strconv.Itoa(strconv.IntSize)},
+		{"rusage_user", tv(ru.Utime)},
+		{"rusage_system", tv(ru.Stime)},
+		{"max_connections", strconv.Itoa(s.cfg.ConnLimit)},
+		{"curr_connections", i64(st.currConns.Load())},
+		{"total_connections", i64(st.totalConns.Load())},
+		{"rejected_connections", i64(st.rejectedConns.Load())},
+		{"cmd_get", u64(cmdGet)},
+		{"cmd_set", u64(st.cmdSet.Load())},
+		{"cmd_flush", u64(st.cmdFlush.Load())},
+		{"cmd_touch", u64(st.cmdTouch.Load())},
+		{"cmd_meta", u64(st.cmdMeta.Load())},
+		{"get_hits", u64(getHits)},
+		{"get_misses", u64(st.getMisses.Load())},
+		{"delete_misses", u64(st.deleteMisses.Load())},
+		{"delete_hits", u64(st.deleteHits.Load())},
+		{"incr_misses", u64(st.incrMisses.Load())},
+		{"incr_hits", u64(st.incrHits.Load())},
+		{"decr_misses", u64(st.decrMisses.Load())},
+		{"decr_hits", u64(st.decrHits.Load())},
+		{"cas_misses", u64(st.casMisses.Load())},
+		{"cas_hits", u64(st.casHits.Load())},
+		{"cas_badval", u64(st.casBadval.Load())},
+		{"touch_hits", u64(st.touchHits.Load())},
+		{"touch_misses", u64(st.touchMisses.Load())},
+		{"store_too_large", u64(st.storeTooLarge.Load())},
+		{"store_no_memory", u64(st.storeNoMemory.Load())},
+		{"bytes_read", u64(st.bytesRead.Load())},
+		{"bytes_written", u64(st.bytesWritten.Load())},
+		{"limit_maxbytes", i64(cs.LimitMaxBytes)},
+		{"accepting_conns", accepting},
+		{"threads", strconv.Itoa(runtime.GOMAXPROCS(0))},
+		{"bytes", u64(cs.Bytes)},
+		{"curr_items", u64(cs.CurrItems)},
+		{"total_items", u64(cs.TotalItems)},
+		{"expired_unfetched", u64(cs.ExpiredUnfetched)},
+		{"evicted_unfetched", u64(cs.EvictedUnfetched)},
+		{"evictions", u64(cs.Evictions)},
+		{"reclaimed", u64(cs.Reclaimed)},
+		{"udp_requests", u64(st.udpRequests.Load())},
+		{"udp_dropped", u64(st.udpDropped.Load())},
+		{"kernel_get_hits", u64(ks.Hits)},
+		{"kernel_requests", u64(ks.Requests)},
+		{"kernel_bytes_sent", u64(ks.BytesSent)},
+		{"kernel_errors", u64(st.kernelErrors.Load())},
+		{"xdpcache_version", s.cfg.Version},
+	}
+}
+
+func leftPad(s string, n int) string {
+	for len(s) < n {
+		s = "0" + s
+	}
+	return s
+}
+
+// Stats returns the general `stats` fields by name.
+func (s *Server) Stats() map[string]string {
+	list := s.generalStats()
+	m := make(map[string]string, len(list))
+	for _, st := range list {
+		m[st.name] = st.value
+	}
+	return m
+}
+
+func (s *Server) settingsStats() []stat {
+	yesno := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	return []stat{
+		{"maxbytes", i64(s.cfg.MemoryLimit)},
+		{"maxconns", strconv.Itoa(s.cfg.ConnLimit)},
+		{"verbosity", strconv.Itoa(int(s.verbosity.Load()))},
+		{"evictions", "on"},
+		{"cas_enabled", "yes"},
+		{"item_size_max", i64(s.cfg.MaxItemSize)},
+		{"flush_enabled", "yes"},
+		{"num_threads", strconv.Itoa(runtime.GOMAXPROCS(0))},
+		{"udp_max_datagram", strconv.Itoa(s.cfg.MaxDatagram)},
+		{"kernel_cache", yesno(s.kernel != nil)},
+	}
+}
+
+// itemsStats reports the store as one item class, as memcached reports each slab class in use.
+func (s *Server) itemsStats() []stat {
+	cs := s.store.Stats()
+	if cs.CurrItems == 0 {
+		return nil
+	}
+	return []stat{
+		{"items:1:number", u64(cs.CurrItems)},
+		{"items:1:evicted", u64(cs.Evictions)},
+		{"items:1:evicted_unfetched", u64(cs.EvictedUnfetched)},
+		{"items:1:expired_unfetched", u64(cs.ExpiredUnfetched)},
+		{"items:1:reclaimed", u64(cs.Reclaimed)},
+		{"items:1:outofmemory", u64(s.st.storeNoMemory.Load())},
+	}
+}
+
+// slabsStats reports what is meaningful without slabs: one class holding every item.
+func (s *Server) slabsStats() []stat {
+	cs := s.store.Stats()
+	active := "0"
+	var list []stat
+	if cs.CurrItems > 0 {
+		active = "1"
+		list = append(list,
+			stat{"1:chunk_size", i64(s.cfg.MaxItemSize)},
+			stat{"1:used_chunks", u64(cs.CurrItems)},
+			stat{"1:get_hits", u64(s.st.getHits.Load())},
+			stat{"1:cmd_set", u64(s.st.cmdSet.Load())},
+			stat{"1:delete_hits", u64(s.st.deleteHits.Load())},
+			stat{"1:incr_hits", u64(s.st.incrHits.Load())},
+			stat{"1:decr_hits", u64(s.st.decrHits.Load())},
+			stat{"1:cas_hits", u64(s.st.casHits.Load())},
+			stat{"1:cas_badval", u64(s.st.casBadval.Load())},
+			stat{"1:touch_hits", u64(s.st.touchHits.Load())},
+		)
+	}
+	return append(list, stat{"active_slabs", active}, stat{"total_malloced", u64(cs.Bytes)})
+}
+
+// stats runs "stats [<group>]".
+func (c *session) stats() {
+	t := &c.tok
+	var list []stat
+	sub := ""
+	if t.N > 1 {
+		sub = string(t.Tok(1))
+	}
+	switch sub {
+	case "":
+		list = c.s.generalStats()
+	case "settings":
+		list = c.s.settingsStats()
+	case "items":
+		list = c.s.itemsStats()
+	case "slabs":
+		list = c.s.slabsStats()
+	case "sizes":
+		list = []stat{{"sizes_status", "disabled"}}
+	case "conns":
+		list = nil
+	case "reset":
+		c.s.st.reset()
+		c.status = statusOK
+		c.reply("RESET")
+		return
+	case "detail":
+		c.status = statusClientError
+		c.reply("CLIENT_ERROR usage: stats detail on|off|dump")
+		return
+	case "cachedump":
+		c.status = statusClientError
+		c.reply("CLIENT_ERROR bad command line")
+		return
+	default:
+		c.status = statusError
+		c.reply("ERROR")
+		return
+	}
+	c.status = statusOK
+	for _, st := range list {
+		c.out = append(c.out, "STAT "...)
+		c.out = append(c.out, st.name...)
+		c.out = append(c.out, ' ')
+		c.out = append(c.out, st.value...)
+		c.out = append(c.out, "\r\n"...)
+	}
+	c.out = append(c.out, "END\r\n"...)
+}

@@ -1,0 +1,132 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/xdpcache/xdpcache/internal/protocol"
+)
+
+// udpBatch is how many datagrams ServeUDP reads or writes per system call.
+const udpBatch = 32
+
+// maxUDPRequest is the largest request datagram read; memcached reads requests into a 64 KB buffer.
+const maxUDPRequest = 65536
+
+// HandleDatagram is the UDP path without a socket: it takes one request datagram (frame header
+// included) and returns the reply datagrams, nil for none. Like memcached, it drops requests of
+// 8 bytes or less and requests announcing more than one datagram, and answers each request in
+// the datagram with its own message of one or more datagrams of at most MaxDatagram bytes. A
+// multi-key get is one request, so its reply is one message. A datagram that ends inside a
+// storage command's data block gets no reply at all, as memcached gives none.
+func (s *Server) HandleDatagram(req []byte) [][]byte {
+	c := s.getSession(true)
+	defer s.putSession(c)
+	return s.handleDatagram(c, req, nil)
+}
+
+// handleDatagram appends the reply datagrams for req to dst.
+func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
+	h, err := protocol.ParseFrameHeader(req)
+	if err != nil || len(req) <= protocol.FrameHeaderLen || h.Total != 1 {
+		s.st.udpDropped.Add(1)
+		return dst
+	}
+	s.st.udpRequests.Add(1)
+	s.st.bytesRead.Add(uint64(len(req)))
+	c.reset(true)
+	_, act := c.process(req[protocol.FrameHeaderLen:])
+	if act == actNeedMore && c.need > 0 {
+		// The datagram ended inside a data block; memcached sends nothing for it.
+		s.st.udpDropped.Add(1)
+		return dst
+	}
+	start := 0
+	for _, end := range c.msgEnds {
+		if end > start {
+			for _, d := range protocol.SplitReply(h.RequestID, c.out[start:end], s.cfg.MaxDatagram) {
+				s.st.bytesWritten.Add(uint64(len(d)))
+				dst = append(dst, d)
+			}
+		}
+		start = end
+	}
+	return dst
+}
+
+// ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams.
+// It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error.
+func (s *Server) ServeUDP(conn *net.UDPConn) error {
+	if !s.track(func() { s.udpConns[conn] = struct{}{}; s.wg.Add(1) }) {
+		return ErrServerClosed
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.udpConns, conn)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	pc := ipv4.NewPacketConn(conn)
+	in := make([]ipv4.Message, udpBatch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, maxUDPRequest)}
+	}
+	out := make([]ipv4.Message, 0, udpBatch)
+	var replies [][]byte
+	c := s.getSession(true)
+	defer s.putSession(c)
+	for {
+		n, err := pc.ReadBatch(in, 0)
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			if isTimeout(err) {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read datagrams: %w", err)
+		}
+		out = out[:0]
+		for i := 0; i < n; i++ {
+			m := &in[i]
+			replies = s.handleDatagram(c, m.Buffers[0][:m.N], replies[:0])
+			for _, d := range replies {
+				if len(out) == cap(out) {
+					if err := writeAll(pc, out); err != nil {
+						return err
+					}
+					out = out[:0]
+				}
+				out = append(out, ipv4.Message{Buffers: [][]byte{d}, Addr: m.Addr})
+			}
+		}
+		if err := writeAll(pc, out); err != nil {
+			return err
+		}
+		if s.isClosed() {
+			return nil
+		}
+	}
+}
+
+// writeAll sends every message, retrying the rest after a partial batch. A send error for one
+// destination is not the server's failure: it drops that datagram, as UDP may.
+func writeAll(pc *ipv4.PacketConn, msgs []ipv4.Message) error {
+	for len(msgs) > 0 {
+		n, err := pc.WriteBatch(msgs, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			n = max(n, 1)
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
