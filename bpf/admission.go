@@ -1,0 +1,78 @@
+package bpf
+
+import (
+	"fmt"
+	"math/bits"
+)
+
+// Admission policies for Options.Admission.
+const (
+	AdmitAlways    = "always"
+	AdmitFrequency = "frequency"
+)
+
+// admitThreshold is how many offers in one sketch window a key needs before it is admitted.
+const admitThreshold = 2
+
+// admission decides whether an offered key that is not in the kernel cache goes in. Not safe for
+// concurrent use: the Cache calls it under its mutex.
+type admission interface {
+	admit(hash uint64) bool
+}
+
+type admitAll struct{}
+
+func (admitAll) admit(uint64) bool { return true }
+
+// frequencySketch is a count-min sketch with aging (TinyLFU's doorkeeper idea without the
+// doorkeeper): every offer increments a key's four counters, a key is admitted once its estimate
+// reaches admitThreshold, and every window offers all counters halve, so only keys requested
+// again recently get in and a scan of one-off keys never displaces the hot set.
+type frequencySketch struct {
+	rows      [4][]uint8
+	mask      uint64
+	window    int
+	offers    int
+	threshold uint8
+}
+
+func newFrequencySketch(entries int) *frequencySketch {
+	width := 1 << bits.Len(uint(max(entries*4, 1024)-1))
+	width = min(width, 1<<22)
+	s := &frequencySketch{mask: uint64(width - 1), window: max(10*entries, 1024), threshold: admitThreshold}
+	for i := range s.rows {
+		s.rows[i] = make([]uint8, width)
+	}
+	return s
+}
+
+func (s *frequencySketch) admit(hash uint64) bool {
+	h1, h2 := hash, bits.RotateLeft64(hash, 32)|1
+	est := uint8(255)
+	for i := range s.rows {
+		j := (h1 + uint64(i)*h2) & s.mask
+		if s.rows[i][j] < 255 {
+			s.rows[i][j]++
+		}
+		est = min(est, s.rows[i][j])
+	}
+	if s.offers++; s.offers >= s.window {
+		s.offers = 0
+		for i := range s.rows {
+			for j := range s.rows[i] {
+				s.rows[i][j] >>= 1
+			}
+		}
+	}
+	return est >= s.threshold
+}
+
+func newAdmission(name string, entries int) (admission, error) {
+	switch name {
+	case AdmitAlways:
+		return admitAll{}, nil
+	case AdmitFrequency, "":
+		return newFrequencySketch(entries), nil
+	}
+	return nil, fmt.Errorf("bpf: unknown admission policy %q (want %q or %q)", name, AdmitAlways, AdmitFrequency)
+}

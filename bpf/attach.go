@@ -1,0 +1,101 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Mode is how the program attaches to an interface.
+type Mode string
+
+// Attach modes.
+const (
+	ModeAuto    Mode = "auto"    // native if the driver supports it, else generic
+	ModeNative  Mode = "native"  // in the driver's receive path
+	ModeGeneric Mode = "generic" // after the skb is built; works on any interface
+)
+
+// Attach errors, wrapped with the interface and the kernel's error.
+var (
+	ErrNoInterface = errors.New("bpf: no such interface")
+	ErrBusy        = errors.New("bpf: another XDP program is attached")
+	ErrPermission  = errors.New("bpf: not permitted (needs root or CAP_NET_ADMIN and CAP_BPF)")
+	ErrAttached    = errors.New("bpf: cache already attached")
+)
+
+// Attach attaches the program to iface through a bpf_link, which the kernel detaches when its
+// last file descriptor closes: on Close, or when the process dies, kill -9 included. ModeAuto
+// tries native first, then generic. It returns the mode in effect.
+func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return "", ErrClosed
+	}
+	if c.link != nil {
+		return "", ErrAttached
+	}
+	l, m, err := attachXDP(c.objs.XdpCache, iface, mode)
+	if err != nil {
+		return "", err
+	}
+	c.link = l
+	return m, nil
+}
+
+// AttachProgram attaches any XDP program (LoadPass, LoadEcho) the same way as Cache.Attach.
+// The caller closes the returned link to detach.
+func AttachProgram(prog *ebpf.Program, iface string, mode Mode) (link.Link, Mode, error) {
+	return attachXDP(prog, iface, mode)
+}
+
+func attachXDP(prog *ebpf.Program, iface string, mode Mode) (link.Link, Mode, error) {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, "", fmt.Errorf("attach xdp to %q: %w: %w", iface, ErrNoInterface, err)
+	}
+	try := []Mode{mode}
+	switch mode {
+	case ModeAuto, "":
+		try = []Mode{ModeNative, ModeGeneric}
+	case ModeNative, ModeGeneric:
+	default:
+		return nil, "", fmt.Errorf("attach xdp to %q: %w: mode %q", iface, ErrOptions, mode)
+	}
+	var firstErr error
+	for _, m := range try {
+		flags := link.XDPDriverMode
+		if m == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: flags})
+		if err == nil {
+			return l, m, nil
+		}
+		err = classifyAttachError(err)
+		if errors.Is(err, ErrBusy) || errors.Is(err, ErrPermission) {
+			return nil, "", fmt.Errorf("attach xdp to %q (%s): %w", iface, m, err)
+		}
+		if firstErr == nil {
+			firstErr = fmt.Errorf("attach xdp to %q (%s): %w", iface, m, err)
+		} else {
+			firstErr = fmt.Errorf("%w; %s: %w", firstErr, m, err)
+		}
+	}
+	return nil, "", firstErr
+}
+
+func classifyAttachError(err error) error {
+	switch {
+	case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("%w: %w", ErrBusy, err)
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%w: %w", ErrPermission, err)
+	}
+	return err
+}

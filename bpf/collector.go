@@ -1,0 +1,126 @@
+package bpf
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+)
+
+// passReasons labels xdpcache_kernel_passes_total{reason}; indexed by the generated enum counter.
+var passReasons = map[xdpcacheCounter]string{
+	xdpcacheCounterPASS_NOT_IP_UDP:    "not_ip_udp",
+	xdpcacheCounterPASS_WRONG_PORT:    "wrong_port",
+	xdpcacheCounterPASS_IP_OPTIONS:    "ip_options",
+	xdpcacheCounterPASS_IPV6EXT:       "ipv6_ext_headers",
+	xdpcacheCounterPASS_FRAGMENT:      "fragment",
+	xdpcacheCounterPASS_NOT_FRAMED:    "not_memcached_frame",
+	xdpcacheCounterPASS_NOT_GET:       "not_get",
+	xdpcacheCounterPASS_KEY_TOO_LONG:  "key_too_long",
+	xdpcacheCounterPASS_TOO_MANY_KEYS: "too_many_keys",
+	xdpcacheCounterPASS_MISS:          "miss",
+	xdpcacheCounterPASS_EXPIRED:       "expired",
+	xdpcacheCounterPASS_FLUSHED:       "flushed",
+	xdpcacheCounterPASS_PARTIAL:       "partial_multiget",
+	xdpcacheCounterPASS_TOO_BIG:       "too_big",
+	xdpcacheCounterPASS_MALFORMED:     "malformed",
+	xdpcacheCounterPASS_INTERNAL:      "internal",
+}
+
+// PassCounts returns the pass counters by reason label, summed over CPUs.
+func (c *Cache) PassCounts() (map[string]uint64, error) {
+	counts, err := c.counters()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(passReasons))
+	for idx, name := range passReasons {
+		out[name] = counts[idx]
+	}
+	return out, nil
+}
+
+// EnableStats turns on the kernel's per-program run time and run count accounting
+// (kernel.bpf_stats_enabled) for as long as the returned Closer stays open.
+func EnableStats() (io.Closer, error) {
+	cl, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		return nil, fmt.Errorf("enable bpf run time stats: %w", err)
+	}
+	return cl, nil
+}
+
+// EnableRunStats enables run time accounting until the cache is closed, so the collector's
+// program_run metrics move.
+func (c *Cache) EnableRunStats() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	if c.statsCloser != nil {
+		return nil
+	}
+	cl, err := EnableStats()
+	if err != nil {
+		return err
+	}
+	c.statsCloser = cl
+	return nil
+}
+
+var (
+	descHits = prometheus.NewDesc("xdpcache_kernel_hits_total",
+		"Keys served by the XDP program (a multi-get of n keys counts n).", nil, nil)
+	descRequests = prometheus.NewDesc("xdpcache_kernel_requests_total",
+		"GET requests answered by the XDP program.", nil, nil)
+	descBytes = prometheus.NewDesc("xdpcache_kernel_bytes_sent_total",
+		"UDP payload bytes of replies sent by the XDP program.", nil, nil)
+	descPasses = prometheus.NewDesc("xdpcache_kernel_passes_total",
+		"Packets the XDP program passed to the network stack, by reason.", []string{"reason"}, nil)
+	descRunSeconds = prometheus.NewDesc("xdpcache_kernel_program_run_seconds_total",
+		"Time the kernel spent running the XDP program (needs kernel.bpf_stats_enabled).", nil, nil)
+	descRuns = prometheus.NewDesc("xdpcache_kernel_program_runs_total",
+		"Runs of the XDP program (needs kernel.bpf_stats_enabled).", nil, nil)
+	descEntries = prometheus.NewDesc("xdpcache_kernel_cache_entries",
+		"Keys in the kernel cache.", nil, nil)
+	descCacheBytes = prometheus.NewDesc("xdpcache_kernel_cache_bytes",
+		"Bytes charged to the kernel cache budget.", nil, nil)
+)
+
+// collector reads the maps and the program's kernel stats at scrape time (ebpf_exporter style).
+type collector struct{ c *Cache }
+
+// Collector returns a prometheus.Collector for the kernel cache's counters.
+func (c *Cache) Collector() prometheus.Collector { return collector{c} }
+
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes} {
+		ch <- d
+	}
+}
+
+func (k collector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := k.c.counters()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descHits, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_HITS]))
+	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_REQUESTS]))
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_BYTES]))
+	for idx, name := range passReasons {
+		ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(counts[idx]), name)
+	}
+	if st, err := k.c.objs.XdpCache.Stats(); err == nil {
+		ch <- prometheus.MustNewConstMetric(descRunSeconds, prometheus.CounterValue, st.Runtime.Seconds())
+		ch <- prometheus.MustNewConstMetric(descRuns, prometheus.CounterValue, float64(st.RunCount))
+	} else {
+		ch <- prometheus.NewInvalidMetric(descRunSeconds, err)
+	}
+	n, b := k.c.Len()
+	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(b))
+}
