@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -257,3 +258,5 @@ func quote(s string) string {
 	}
 	return fmt.Sprintf("%q", s)
 }
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
