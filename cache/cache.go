@@ -9,6 +9,14 @@
 // Every change to an item is reported to the Hook while the key's shard lock is held, before the
 // operation returns, so a caller that replies after Do returns replies after the hook ran, and no
 // other operation on the same key can interleave with the hook.
+//
+// MemoryLimit counts what memcached counts: key, value and ItemOverhead per item. The Go heap
+// behind an item (map slot, list links, the Item struct) is larger than ItemOverhead, so the
+// process uses more than MemoryLimit for small items, as memcached uses more than -m for its
+// hash table and slab rounding; it stays proportional to the limit.
+//
+// Expiry and flush_all are lazy: dead items are removed when an operation finds them, when
+// eviction reaches them, or by Sweep. Until then they count in Stats.CurrItems and Bytes.
 package cache
 
 import (
@@ -215,8 +223,9 @@ func itemSize(key string, value []byte) int64 {
 }
 
 // Do runs fn under key's lock with the live item: nil if absent, expired or flushed (expired and
-// flushed items found here are removed and the hook runs). fn must not call back into the Store.
-// fn may change *cur only when it returns Keep (access state) or Modify.
+// flushed items found here are removed and the hook runs). fn must not call back into the Store,
+// except Now and Exptime, which take no lock. fn may change *cur only when it returns Keep (access
+// state) or Modify; *cur is valid only until Do returns.
 //
 // For Replace, next's size is checked against MaxItemSize (ErrTooLarge) and the shard's budget
 // (ErrNoMemory); on either error the old item is removed (hook runs). Otherwise other items of the
