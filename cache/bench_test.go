@@ -140,3 +140,25 @@ func BenchmarkMixedParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSetEvicting stores into a store that holds a quarter of the keys, so every store
+// evicts: the cost of the eviction path and its hook calls.
+func BenchmarkSetEvicting(b *testing.B) {
+	keys := benchKeySet()
+	limit := int64(benchKeys/4) * itemSize(keys[0], benchValue)
+	var hooked atomic.Int64
+	s := New(Config{MemoryLimit: limit, Shards: 16, Hook: countHook{n: &hooked}})
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := s.Do(keys[i&(benchKeys-1)], func(*Item) (*Item, Op) {
+			return &Item{Value: benchValue}, Replace
+		}); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	if st := s.Stats(); b.N > benchKeys && st.Evictions == 0 {
+		b.Fatalf("no evictions: %+v", st)
+	}
+}
