@@ -146,3 +146,6 @@ func item(key, value string, flags uint32, cas uint64) server.KernelItem {
 func keysCommand(verb string, keys ...string) string {
 	return verb + " " + strings.Join(keys, " ") + "\r\n"
 }
+
+func netipFrom4(b []byte) netip.Addr  { return netip.AddrFrom4([4]byte(b)) }
+func netipFrom16(b []byte) netip.Addr { return netip.AddrFrom16([16]byte(b)) }
