@@ -82,6 +82,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		defer func() { _ = stopMetrics() }()
 	}
 
+	if cfg.Warmup == 0 && cfg.WarmupSettle <= 0 {
+		// No warmup: measure from the first request, set before any sender starts.
+		ctl.measureStart.Store(0)
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*len(workers))
 	for _, w := range workers {
@@ -264,8 +268,9 @@ func drive(ctx context.Context, cfg *Config, ctl *control, workers []*worker, er
 		measuring = true
 		fmt.Fprintf(progress, "measure: %s\n", cfg.Duration)
 	}
-	if cfg.Warmup == 0 && cfg.WarmupSettle <= 0 {
-		beginMeasure()
+	if ctl.measureStart.Load() == 0 {
+		measuring = true
+		fmt.Fprintf(progress, "measure: %s\n", cfg.Duration)
 	} else {
 		fmt.Fprintf(progress, "warmup: %s\n", cfg.Warmup)
 	}

@@ -193,9 +193,8 @@ func (w *worker) countUnsent(next float64, stop int64) {
 // waitUntil returns at t or soon after, or early when the run stops.
 func (w *worker) waitUntil(t int64) {
 	const (
-		goTimerLate = 1500 * time.Microsecond // Go timers fire up to about 1 ms late
-		spinBelow   = 15 * time.Microsecond   // nanosleep with 1 ns slack wakes ~20 µs late
-		maxChunk    = 10 * time.Millisecond   // notice a stop within this
+		spinBelow = 15 * time.Microsecond // nanosleep with 1 ns slack wakes ~20 µs late
+		maxChunk  = 10 * time.Millisecond // notice a stop within this
 	)
 	for {
 		now := w.ctl.now()
@@ -204,12 +203,11 @@ func (w *worker) waitUntil(t int64) {
 			return
 		}
 		switch {
-		case d > goTimerLate+time.Millisecond:
-			time.Sleep(min(d-goTimerLate, maxChunk))
 		case d > 2*spinBelow:
+			// Go's timers fire up to a millisecond late, so the thread sleeps in the kernel.
 			// Waking a little early and spinning the rest trades a few µs of CPU per request
 			// for precision; spinning whole gaps would starve the server on a small machine.
-			ts := unix.NsecToTimespec(int64(d - spinBelow))
+			ts := unix.NsecToTimespec(int64(min(d-spinBelow, maxChunk)))
 			_ = unix.Nanosleep(&ts, nil) // EINTR only shortens the sleep
 		default:
 			runtime.Gosched()
