@@ -609,3 +609,34 @@ func TestKeys(t *testing.T) {
 		}
 	}
 }
+
+// A fn may hand back the live item itself for Replace (a rewrite in place of a fresh Item).
+func TestReplaceWithCur(t *testing.T) {
+	s, _, h := newTestStore(t, Config{Shards: 2})
+	first := set(t, s, "k", "v", 0)
+	h.take()
+	cas, err := s.Do("k", func(cur *Item) (*Item, Op) {
+		cur.Value = []byte("longer value")
+		cur.Flags = 3
+		return cur, Replace
+	})
+	if err != nil || cas <= first {
+		t.Fatalf("Replace with cur: cas %d err %v, want > %d", cas, err, first)
+	}
+	h.expectChanged(t, "k")
+	it, _ := s.Get("k")
+	if string(it.Value) != "longer value" || it.Flags != 3 || it.CAS != cas {
+		t.Fatalf("after Replace with cur: %+v", it)
+	}
+	if st := s.Stats(); st.Bytes != uint64(itemSize("k", []byte("longer value"))) {
+		t.Fatalf("bytes %d, want %d", st.Bytes, itemSize("k", []byte("longer value")))
+	}
+}
+
+func TestOpString(t *testing.T) {
+	for op, want := range map[Op]string{Keep: "Keep", Modify: "Modify", Replace: "Replace", Delete: "Delete", Op(9): "Op(invalid)"} {
+		if got := op.String(); got != want {
+			t.Errorf("Op(%d).String() = %q, want %q", int(op), got, want)
+		}
+	}
+}
