@@ -1,8 +1,8 @@
 package loadgen
 
 import (
-	"encoding/binary"
 	"bytes"
+	"encoding/binary"
 	"net"
 	"strconv"
 	"sync"
@@ -203,4 +203,3 @@ func (f *fakeUDP) arrivalTimes() []int64 {
 	defer f.mu.Unlock()
 	return append([]int64(nil), f.arrivals...)
 }
-

@@ -63,7 +63,7 @@ func TestClassification(t *testing.T) {
 			}
 			f := newFakeUDP(t, network, addr)
 			f.dscp = 10
-			f.hasKey = func(k uint64) bool { return k%4 != 3 }   // 3/4 hits
+			f.hasKey = func(k uint64) bool { return k%4 != 3 }  // 3/4 hits
 			f.markKey = func(k uint64) bool { return k%4 == 0 } // 1/3 of hits marked
 			f.serve()
 			cfg := quick(f.addr())
