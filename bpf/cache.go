@@ -107,10 +107,11 @@ type retired struct {
 // Cache is the kernel cache: the loaded program, its maps and userspace's bookkeeping. It
 // implements server.KernelCache and is safe for concurrent use.
 type Cache struct {
-	opts      Options
-	objs      xdpcacheObjects
-	classMaps [numClasses]*ebpf.Map
-	maxReply  int // largest UDP payload a reply may have
+	opts        Options
+	retireAfter time.Duration // see the constant; tests of sequential runs shorten it
+	objs        xdpcacheObjects
+	classMaps   [numClasses]*ebpf.Map
+	maxReply    int // largest UDP payload a reply may have
 
 	mu            sync.Mutex
 	closed        bool
@@ -176,19 +177,21 @@ func New(opts Options) (*Cache, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	// Retired entries wait out retireAfter in their maps; the slack leaves room for them.
-	slack := uint32(max(opts.MaxEntries/4, 64))
+	// Retired entries wait out retireAfter in their maps; the slack leaves room for a full
+	// turnover of the cache within that time. Beyond it, fills are skipped until deletes catch up.
+	slack := uint32(max(opts.MaxEntries, 64))
 	spec.Maps["index_map"].MaxEntries = uint32(opts.MaxEntries) + slack
 	for _, capacity := range classCaps {
 		n := min(int64(opts.MaxEntries), opts.MaxBytes/int64(capacity+entryHdrBytes+overheadBytes)+1)
 		spec.Maps[fmt.Sprintf("entries_%d", capacity)].MaxEntries = uint32(n) + slack
 	}
 	c := &Cache{
-		opts:     opts,
-		policy:   policy,
-		entries:  make(map[string]*kentry),
-		byHash:   make(map[uint64]*kentry),
-		maxReply: min(protocol.MaxDatagram, opts.MTU-20-8),
+		opts:        opts,
+		retireAfter: retireAfter,
+		policy:      policy,
+		entries:     make(map[string]*kentry),
+		byHash:      make(map[uint64]*kentry),
+		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
 	}
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
 		return nil, fmt.Errorf("load xdpcache: %w", verifierDetail(err))
@@ -347,13 +350,16 @@ func (c *Cache) dropFromIndex(e *kentry) {
 
 func (c *Cache) retire(e *kentry, now time.Time) {
 	c.retiring = append(c.retiring, retired{class: e.class, version: e.version, at: now})
+	if c.retireAfter == 0 {
+		c.reap(now)
+	}
 }
 
 // reap deletes entries that left the index at least retireAfter ago.
 func (c *Cache) reap(now time.Time) {
 	n := 0
 	for _, r := range c.retiring {
-		if now.Sub(r.at) < retireAfter {
+		if now.Sub(r.at) < c.retireAfter {
 			break
 		}
 		// A failed delete leaves an unreachable entry behind; the map's slack absorbs it.
