@@ -1,0 +1,111 @@
+package bpf
+
+import (
+	"fmt"
+	"hash/crc32"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/xdpcache/xdpcache/internal/packet"
+	"github.com/xdpcache/xdpcache/internal/protocol"
+	"github.com/xdpcache/xdpcache/server"
+)
+
+// selfCheckingValue encodes its version and a checksum of itself; its length varies with the
+// version so rewrites move between size classes.
+func selfCheckingValue(version int) string {
+	body := fmt.Sprintf("%010d|%s", version, strings.Repeat(string(rune('a'+version%26)), (version*37)%1100))
+	return fmt.Sprintf("%s|%08x", body, crc32.ChecksumIEEE([]byte(body)))
+}
+
+// checkValue returns the version of a self-checking value, or an error if it is torn.
+func checkValue(v string) (int, error) {
+	i := strings.LastIndexByte(v, '|')
+	if i < 0 || fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(v[:i]))) != v[i+1:] {
+		return 0, fmt.Errorf("torn value %.40q...", v)
+	}
+	return strconv.Atoi(v[:10])
+}
+
+// TestConcurrentRewrites: writers rewrite keys through the Cache as the server does (Invalidate,
+// then Offer the new item, one writer per key) while readers run the program. Every reply must
+// hold whole values, and never a version older than one whose Invalidate had returned before the
+// read began.
+func TestConcurrentRewrites(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 4096, MaxBytes: 16 << 20})
+	const keys = 8
+	var staleBelow [keys]atomic.Int64 // versions below this were invalidated before now
+	deadline := time.Now().Add(800 * time.Millisecond)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	var hits, reads atomic.Int64
+
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for v := 1; v < 20000 && time.Now().Before(deadline); v++ {
+				k := w*keys/2 + v%(keys/2)
+				key := fmt.Sprintf("key%d", k)
+				if err := c.Invalidate(key); err != nil {
+					errs <- err
+					return
+				}
+				staleBelow[k].Store(int64(v))
+				if err := c.Offer(server.KernelItem{Key: key, Value: []byte(selfCheckingValue(v)), CAS: uint64(v)}); err != nil {
+					errs <- err
+					return
+				}
+				time.Sleep(50 * time.Microsecond)
+			}
+		}(w)
+	}
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for i := 0; i < 200000 && time.Now().Before(deadline); i++ {
+				k := (i + r) % keys
+				floor := staleBelow[k].Load()
+				req := request(keysCommand("get", fmt.Sprintf("key%d", k)))
+				verdict, out := run(t, c.Program(), req.Bytes())
+				reads.Add(1)
+				if verdict != xdpTX {
+					continue
+				}
+				hits.Add(1)
+				p, err := packet.Parse(out)
+				if err != nil {
+					errs <- fmt.Errorf("reply: %w", err)
+					return
+				}
+				body := string(p.Payload[protocol.FrameHeaderLen:])
+				// VALUE key 0 <n>\r\n<value>\r\nEND\r\n
+				_, rest, _ := strings.Cut(body, "\r\n")
+				value := strings.TrimSuffix(rest, "\r\nEND\r\n")
+				ver, err := checkValue(value)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if int64(ver) < floor {
+					errs <- fmt.Errorf("key%d: served version %d after version %d was invalidated", k, ver, floor)
+					return
+				}
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d reads, %d answered in the kernel", reads.Load(), hits.Load())
+	if hits.Load() < 100 {
+		t.Fatalf("only %d kernel answers: the test did not exercise concurrent reads", hits.Load())
+	}
+}
