@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/xdpcache/xdpcache/bpf"
+	"github.com/xdpcache/xdpcache/server"
+)
+
+// version is ours; `version` on the wire puts memcached's protocol version first.
+const version = "0.1.0"
+
+func init() { rootCmd.AddCommand(newServeCmd()) }
+
+type serveFlags struct {
+	port, udpPort    int
+	listen           string
+	memoryMiB        int64
+	connLimit        int
+	maxItemSize      string
+	xdpIface         string
+	xdpMode          string
+	markDSCP         uint8
+	kernelCacheMiB   int64
+	kernelEntries    int
+	admission        string
+	metricsAddr      string
+	logLevel, logFmt string
+	shutdownTimeout  time.Duration
+}
+
+func newServeCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the memcached server, optionally with UDP GET hits answered by XDP in the kernel",
+		Long: `serve runs a memcached-compatible server (text and meta protocol, TCP and UDP).
+
+With --xdp-iface, an XDP program on that interface answers UDP GET hits for keys in the kernel cache
+without waking the server. The server copies items into the kernel cache when it answers UDP GET hits
+(--admission decides which), and every write drops the kernel copy before it is acknowledged. The
+program is detached when serve exits, however it exits. If the program cannot be attached (no such
+interface, another XDP program there, no privilege) the server still runs without it and says so.`,
+		Example: `  xdpcache serve                                   # like memcached -U 11211 on 127.0.0.1
+  sudo xdpcache serve -l 0.0.0.0 --xdp-iface eth0   # kernel path on eth0, native XDP if the driver has it
+  sudo xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150`,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.IntVarP(&f.port, "port", "p", 11211, "TCP port (0: no TCP)")
+	fl.IntVarP(&f.udpPort, "udp-port", "U", 11211, "UDP port (0: no UDP, and no kernel path)")
+	fl.StringVarP(&f.listen, "listen", "l", "127.0.0.1", "address to listen on")
+	fl.Int64VarP(&f.memoryMiB, "memory-limit", "m", 64, "item memory in MiB; least recently used items are evicted beyond it")
+	fl.IntVarP(&f.connLimit, "conn-limit", "c", 1024, "maximum simultaneous TCP connections")
+	fl.StringVarP(&f.maxItemSize, "max-item-size", "I", "1m", "largest item (k, m suffixes), as memcached's -I")
+	fl.StringVar(&f.xdpIface, "xdp-iface", "", "interface to attach the XDP program to (empty: no kernel cache)")
+	fl.StringVar(&f.xdpMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
+	fl.Uint8Var(&f.markDSCP, "mark-kernel-replies", 0, "DSCP (1-63) set on replies the kernel sends, so clients can tell who answered (0: off)")
+	fl.Int64Var(&f.kernelCacheMiB, "kernel-cache-mb", 64, "kernel cache budget in MiB of entries")
+	fl.IntVar(&f.kernelEntries, "kernel-cache-entries", 262144, "kernel cache entry limit")
+	fl.StringVar(&f.admission, "admission", "frequency", "which UDP GET hits enter the kernel cache: always, or frequency (keys seen repeatedly)")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFmt, "log-format", "console", "console or json")
+	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for in-flight requests")
+	return cmd
+}
+
+func runServe(ctx context.Context, f serveFlags) error {
+	log, err := newLogger(f.logLevel, f.logFmt)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	maxItem, err := parseSize(f.maxItemSize)
+	if err != nil {
+		return fmt.Errorf("--max-item-size: %w", err)
+	}
+	if f.markDSCP > 63 {
+		return fmt.Errorf("--mark-kernel-replies %d: a DSCP is 0 to 63", f.markDSCP)
+	}
+	if f.port == 0 && f.udpPort == 0 {
+		return errors.New("both --port and --udp-port are 0: nothing to serve")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var kernel server.KernelCache
+	if f.xdpIface != "" {
+		kc, err := startKernelPath(f, log.With(zap.String("component", "xdp")))
+		if err != nil {
+			log.Error("kernel path off: the server runs without it", zap.Error(err))
+		} else {
+			defer kc.Close()
+			reg.MustRegister(kc.Collector())
+			kernel = kc
+		}
+	}
+
+	srv, err := server.New(server.Config{
+		MemoryLimit: f.memoryMiB << 20,
+		MaxItemSize: maxItem,
+		ConnLimit:   f.connLimit,
+		Kernel:      kernel,
+		Registry:    reg,
+		Version:     "xdpcache-" + version,
+	})
+	if err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	if f.port != 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(f.listen, strconv.Itoa(f.port)))
+		if err != nil {
+			return fmt.Errorf("listen tcp: %w", err)
+		}
+		log.Info("serving TCP", zap.Stringer("addr", ln.Addr()))
+		g.Go(func() error { return srv.ServeTCP(ln) })
+	}
+	if f.udpPort != 0 {
+		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(f.listen, strconv.Itoa(f.udpPort)))
+		if err != nil {
+			return fmt.Errorf("resolve udp address: %w", err)
+		}
+		uc, err := net.ListenUDP("udp", ua)
+		if err != nil {
+			return fmt.Errorf("listen udp: %w", err)
+		}
+		log.Info("serving UDP", zap.Stringer("addr", uc.LocalAddr()))
+		g.Go(func() error { return srv.ServeUDP(uc) })
+	}
+	var metrics *http.Server
+	if f.metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+		metrics = &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", f.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		log.Info("serving metrics", zap.String("url", "http://"+ln.Addr().String()+"/metrics"))
+		g.Go(func() error {
+			if err := metrics.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics server: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down: finishing in-flight requests", zap.Duration("timeout", f.shutdownTimeout))
+		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+		defer cancel()
+		if metrics != nil {
+			metrics.Shutdown(sctx)
+		}
+		return srv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
+
+// startKernelPath loads the XDP program and attaches it, saying loudly when auto falls back to
+// generic mode, where every packet pays for an skb first and most of the gain is lost.
+func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
+	if f.udpPort == 0 {
+		return nil, errors.New("--xdp-iface needs UDP (--udp-port is 0)")
+	}
+	iface, err := net.InterfaceByName(f.xdpIface)
+	if err != nil {
+		return nil, fmt.Errorf("--xdp-iface %s: %w", f.xdpIface, err)
+	}
+	mode := bpf.Mode(f.xdpMode)
+	switch mode {
+	case bpf.Mode("auto"), bpf.Mode("native"), bpf.Mode("generic"):
+	default:
+		return nil, fmt.Errorf("--xdp-mode %q: want auto, native or generic", f.xdpMode)
+	}
+	kc, err := bpf.New(bpf.Options{
+		Port:       uint16(f.udpPort),
+		MaxBytes:   f.kernelCacheMiB << 20,
+		MaxEntries: f.kernelEntries,
+		ReplyDSCP:  f.markDSCP,
+		Admission:  f.admission,
+		MTU:        iface.MTU,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load XDP program: %w", err)
+	}
+	got, err := kc.Attach(f.xdpIface, mode)
+	if err != nil {
+		kc.Close()
+		return nil, fmt.Errorf("attach XDP program to %s: %w", f.xdpIface, err)
+	}
+	if mode == bpf.Mode("auto") && got != bpf.Mode("native") {
+		log.Warn("native XDP unavailable on this interface: FELL BACK TO GENERIC MODE, expect far less gain",
+			zap.String("iface", f.xdpIface))
+	}
+	log.Info("kernel path on", zap.String("iface", f.xdpIface), zap.String("mode", string(got)),
+		zap.Int("mtu", iface.MTU), zap.String("admission", f.admission), zap.Uint8("reply_dscp", f.markDSCP))
+	return kc, nil
+}
+
+// parseSize reads memcached-style sizes: plain bytes, or k/m suffixes (powers of 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(t, "k"):
+		mult, t = 1<<10, t[:len(t)-1]
+	case strings.HasSuffix(t, "m"):
+		mult, t = 1<<20, t[:len(t)-1]
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (examples: 1m, 512k, 2048)", s)
+	}
+	return n * mult, nil
+}
