@@ -126,6 +126,7 @@ type Cache struct {
 	flushedBefore uint64
 	link          link.Link
 	statsCloser   io.Closer
+	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }
 
 func (o *Options) setDefaults() error {
@@ -157,16 +158,22 @@ func (o *Options) setDefaults() error {
 
 // New loads the program and its maps, sized from opts. It does not attach: see Attach.
 func New(opts Options) (*Cache, error) {
+	spec, err := loadXdpcache()
+	if err != nil {
+		return nil, fmt.Errorf("load xdpcache spec: %w", err)
+	}
+	return newCache(opts, spec)
+}
+
+// newCache loads spec, the cache object or its benchmark variant (which adds programs and maps
+// that stay in c.rest).
+func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
 	policy, err := newAdmission(opts.Admission, opts.MaxEntries)
 	if err != nil {
 		return nil, err
-	}
-	spec, err := loadXdpcache()
-	if err != nil {
-		return nil, fmt.Errorf("load xdpcache spec: %w", err)
 	}
 	for name, v := range map[string]any{
 		"cfg_port":       opts.Port,
@@ -193,9 +200,15 @@ func New(opts Options) (*Cache, error) {
 		byHash:      make(map[uint64]*kentry),
 		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
 	}
-	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		return nil, fmt.Errorf("load xdpcache: %w", verifierDetail(err))
 	}
+	if err := coll.Assign(&c.objs); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("assign xdpcache objects: %w", err)
+	}
+	c.rest = coll
 	c.classMaps = [numClasses]*ebpf.Map{c.objs.Entries128, c.objs.Entries256, c.objs.Entries512, c.objs.Entries1024, c.objs.Entries1392}
 	return c, nil
 }
@@ -505,5 +518,6 @@ func (c *Cache) Close() error {
 	if err := c.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xdpcache objects: %w", err))
 	}
+	c.rest.Close()
 	return errors.Join(errs...)
 }

@@ -9,3 +9,6 @@ export GOPACKAGE=bpf
 go tool bpf2go -cc "$cc" -target bpfel -type entry_hdr -type index_val -type counter -type entry_class xdpcache c/cache.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel echo c/echo.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel pass c/pass.c -- $cflags
+# The same programs wrapped for BPF_PROG_RUN benchmarks (see c/bench.h); only tests load them.
+go tool bpf2go -cc "$cc" -target bpfel xdpcacheBench c/cache.c -- $cflags -DXDPCACHE_BENCH
+go tool bpf2go -cc "$cc" -target bpfel echoBench c/echo.c -- $cflags -DXDPCACHE_BENCH

@@ -317,8 +317,7 @@ static __always_inline int finish_headers(struct xdp_md *ctx, const struct l4_in
 	return 0;
 }
 
-SEC("xdp")
-int xdp_cache(struct xdp_md *ctx)
+static __always_inline int handle_request(struct xdp_md *ctx)
 {
 	struct l4_info l4 = {};
 	struct scratch *st;
@@ -431,3 +430,14 @@ fail:
 	restore(ctx, st, orig_len, cmd_off, cmd_len);
 	return pass(PASS_INTERNAL);
 }
+
+SEC("xdp")
+int xdp_cache(struct xdp_md *ctx)
+{
+	return handle_request(ctx);
+}
+
+#ifdef XDPCACHE_BENCH
+#include "bench.h"
+BENCH_PROGRAM(xdp_cache_bench, handle_request)
+#endif

@@ -13,8 +13,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 volatile const __u16 cfg_port = 11211; /* UDP port echoed, host order */
 
-SEC("xdp")
-int xdp_echo(struct xdp_md *ctx)
+static __always_inline int echo(struct xdp_md *ctx)
 {
 	struct l4_info l4 = {};
 
@@ -24,3 +23,14 @@ int xdp_echo(struct xdp_md *ctx)
 		return XDP_PASS;
 	return XDP_TX;
 }
+
+SEC("xdp")
+int xdp_echo(struct xdp_md *ctx)
+{
+	return echo(ctx);
+}
+
+#ifdef XDPCACHE_BENCH
+#include "bench.h"
+BENCH_PROGRAM(xdp_echo_bench, echo)
+#endif
