@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# make bench: every benchmark that has a baseline measured in the same run, with its ratio.
+#   1. the Go server against Debian's memcached (TCP GET/SET, UDP GET) on loopback
+#   2. the XDP program against a minimal swap-and-XDP_TX program (Program.Benchmark, in the kernel)
+#   3. the item store (single shard vs sharded)
+# Figures we quote live in docs/BENCHMARKS.md with these exact commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${BENCH_OUT:-results/bench-$(date +%Y%m%d-%H%M%S).txt}
+mkdir -p "$(dirname "$out")"
+run() {
+	echo "== $*" | tee -a "$out" >&2
+	"$@" 2>&1 | tee -a "$out"
+}
+systemctl stop memcached >/dev/null 2>&1 || true
+run go test ./server -run '^$' -bench 'VsMemcached' -benchtime 200000x -count 3
+if [ "$(id -u)" = 0 ]; then
+	run go test ./bpf -run '^$' -bench 'CacheVsEcho' -count 3
+else
+	echo "bench: skipping the XDP program benchmark (needs root: sudo make bench)" >&2
+fi
+run go test ./cache -run '^$' -bench . -benchtime 1s -count 3
+echo "bench: all output in $out" >&2
