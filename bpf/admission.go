@@ -37,7 +37,7 @@ type frequencySketch struct {
 }
 
 func newFrequencySketch(entries int) *frequencySketch {
-	width := 1 << bits.Len(uint(max(entries*4, 1024)-1))
+	width := 1 << bits.Len(uint(max(entries*8, 4096)-1))
 	width = min(width, 1<<22)
 	s := &frequencySketch{mask: uint64(width - 1), window: max(10*entries, 1024), threshold: admitThreshold}
 	for i := range s.rows {

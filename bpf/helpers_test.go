@@ -149,3 +149,7 @@ func keysCommand(verb string, keys ...string) string {
 
 func netipFrom4(b []byte) netip.Addr  { return netip.AddrFrom4([4]byte(b)) }
 func netipFrom16(b []byte) netip.Addr { return netip.AddrFrom16([16]byte(b)) }
+
+func testStoreOne() map[string]server.KernelItem {
+	return map[string]server.KernelItem{"k": item("k", "value", 0, 1)}
+}

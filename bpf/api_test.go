@@ -1,0 +1,245 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xdpcache/xdpcache/internal/testenv"
+)
+
+func TestFrequencyAdmissionKeepsHotKeys(t *testing.T) {
+	// Pure userspace: the sketch alone.
+	s := newFrequencySketch(64)
+	if s.admit(fnv1a("once")) {
+		t.Fatal("a key offered once was admitted")
+	}
+	if !s.admit(fnv1a("once")) {
+		t.Fatal("a key offered twice was not admitted")
+	}
+	for i := 0; i < 200; i++ {
+		if s.admit(fnv1a(fmt.Sprintf("scan-%d", i))) {
+			t.Fatalf("one-off key %d admitted", i)
+		}
+	}
+}
+
+func TestFrequencyAdmissionInKernel(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 8, Admission: AdmitFrequency})
+	for i := 0; i < 8; i++ {
+		k := fmt.Sprintf("hot%d", i)
+		for j := 0; j < 2; j++ {
+			if err := c.Offer(item(k, "v", 0, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, _ := c.Len(); n != 8 {
+		t.Fatalf("%d hot keys installed, want 8", n)
+	}
+	for i := 0; i < 8; i++ {
+		if v, _ := run(t, c.Program(), request(keysCommand("get", fmt.Sprintf("hot%d", i))).Bytes()); v != xdpTX {
+			t.Fatalf("hot%d not served", i)
+		}
+	}
+	// A scan of one-off keys must not displace them.
+	for i := 0; i < 500; i++ {
+		if err := c.Offer(item(fmt.Sprintf("cold%d", i), "v", 0, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 8; i++ {
+		if v, _ := run(t, c.Program(), request(keysCommand("get", fmt.Sprintf("hot%d", i))).Bytes()); v != xdpTX {
+			t.Fatalf("hot%d evicted by a scan of one-off keys", i)
+		}
+	}
+}
+
+func TestClockEvictionPrefersUnreferenced(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 4})
+	for i := 0; i < 4; i++ {
+		offer(t, c, item(fmt.Sprintf("k%d", i), "v", 0, 1))
+	}
+	// k0..k2 are read in the kernel (their referenced bit is set), k3 is not.
+	for i := 0; i < 3; i++ {
+		if v, _ := run(t, c.Program(), request(keysCommand("get", fmt.Sprintf("k%d", i))).Bytes()); v != xdpTX {
+			t.Fatalf("k%d not served", i)
+		}
+	}
+	offer(t, c, item("new", "v", 0, 1))
+	if n, _ := c.Len(); n != 4 {
+		t.Fatalf("%d entries, want the limit 4", n)
+	}
+	if v, _ := run(t, c.Program(), request(keysCommand("get", "k3")).Bytes()); v != xdpPass {
+		t.Fatal("the unreferenced entry k3 survived; a referenced one was evicted")
+	}
+	for _, k := range []string{"k0", "k1", "k2", "new"} {
+		if v, _ := run(t, c.Program(), request(keysCommand("get", k)).Bytes()); v != xdpTX {
+			t.Fatalf("%s not served after eviction", k)
+		}
+	}
+}
+
+func TestByteBudget(t *testing.T) {
+	per := int64(classCaps[0] + entryHdrBytes + overheadBytes)
+	c := newTestCache(t, Options{MaxEntries: 100, MaxBytes: 3 * per})
+	for i := 0; i < 10; i++ {
+		offer(t, c, item(fmt.Sprintf("k%d", i), "v", 0, 1))
+		if _, used := c.Len(); used > 3*per {
+			t.Fatalf("%d bytes charged, over the %d budget", used, 3*per)
+		}
+	}
+	if n, _ := c.Len(); n != 3 {
+		t.Fatalf("%d entries, want 3", n)
+	}
+}
+
+func TestOfferIgnoresUnservable(t *testing.T) {
+	c := newTestCache(t, Options{})
+	for _, it := range []struct{ key, value string }{
+		{"", "v"},
+		{strings.Repeat("k", 251), "v"},
+		{"sp ace", "v"},
+		{"ctl\x01", "v"},
+		{"big", strings.Repeat("x", 1400)},
+	} {
+		if err := c.Offer(item(it.key, it.value, 0, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := c.Len(); n != 0 {
+		t.Fatalf("%d unservable items installed", n)
+	}
+}
+
+func TestCollectorAndStats(t *testing.T) {
+	c := newTestCache(t, Options{})
+	if err := c.EnableRunStats(); err != nil {
+		t.Fatal(err)
+	}
+	offer(t, c, item("k", "value", 0, 1))
+	run(t, c.Program(), request(keysCommand("get", "k", "k")).Bytes())
+	run(t, c.Program(), request(keysCommand("get", "nope")).Bytes())
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(len(reply(0, testStoreOne(), false, "k", "k")))
+	if st.Requests != 1 || st.Hits != 2 || st.BytesSent != want {
+		t.Fatalf("Stats %+v, want 1 request, 2 hits, %d bytes", st, want)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"xdpcache_kernel_hits_total":     2,
+		"xdpcache_kernel_requests_total": 1,
+	} {
+		if got := gather(t, reg, name, ""); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := gather(t, reg, "xdpcache_kernel_passes_total", "miss"); got != 1 {
+		t.Errorf("passes{reason=miss} = %v, want 1", got)
+	}
+	if got := gather(t, reg, "xdpcache_kernel_program_runs_total", ""); got < 2 {
+		t.Errorf("program runs = %v with stats enabled, want >= 2", got)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "xdpcache_kernel_passes_total" && len(mf.GetMetric()) != len(passReasons) {
+			t.Errorf("%d pass reason series, want %d", len(mf.GetMetric()), len(passReasons))
+		}
+	}
+	for i := xdpcacheCounterPASS_NOT_IP_UDP; i < xdpcacheCounterCNT_MAX; i++ {
+		if passReasons[i] == "" {
+			t.Errorf("counter %d has no reason label", i)
+		}
+	}
+}
+
+func gather(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if reason != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != reason) {
+				continue
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s{%s} not gathered", name, reason)
+	return 0
+}
+
+func TestAttach(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := newTestCache(t, Options{})
+	if _, err := c.Attach("no-such-if0", ModeAuto); !errors.Is(err, ErrNoInterface) {
+		t.Fatalf("missing interface: err %v, want ErrNoInterface", err)
+	}
+	m, err := c.Attach("lo", ModeGeneric)
+	if err != nil {
+		t.Fatalf("attach generic to lo: %v", err)
+	}
+	if m != ModeGeneric {
+		t.Fatalf("mode %q", m)
+	}
+	if _, err := c.Attach("lo", ModeGeneric); !errors.Is(err, ErrAttached) {
+		t.Fatalf("second attach: err %v, want ErrAttached", err)
+	}
+	// Another program on the same hook is refused with a cause the operator can act on.
+	other := newTestCache(t, Options{})
+	if _, err := other.Attach("lo", ModeGeneric); !errors.Is(err, ErrBusy) {
+		t.Fatalf("attach over an attached program: err %v, want ErrBusy", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Closing detached it: the other cache can attach now.
+	if _, err := other.Attach("lo", ModeGeneric); err != nil {
+		t.Fatalf("attach after Close: %v", err)
+	}
+}
+
+func TestLoadPassAndEcho(t *testing.T) {
+	testenv.RequireRoot(t)
+	pass, err := LoadPass()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pass.Close()
+	req := request(keysCommand("get", "k"))
+	if v, _ := run(t, pass, req.Bytes()); v != xdpPass {
+		t.Fatalf("pass program: verdict %d", v)
+	}
+	echo, err := LoadEcho(11211)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	v, out := run(t, echo, req.Bytes())
+	if v != xdpTX {
+		t.Fatalf("echo: verdict %d", v)
+	}
+	checkReply(t, req, out, req.Payload)
+	other := request(keysCommand("get", "k"))
+	other.DstPort = 53
+	if v, _ := run(t, echo, other.Bytes()); v != xdpPass {
+		t.Fatalf("echo to another port: verdict %d", v)
+	}
+}
