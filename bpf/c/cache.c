@@ -117,8 +117,13 @@ static __always_inline int check_entry(struct scratch *st, const struct entry_hd
 
 	if (h->filled_ns < flushed)
 		return -PASS_FLUSHED;
-	if (h->expires_ns && st->now_ns >= h->expires_ns)
-		return -PASS_EXPIRED;
+	if (h->expires_ns) {
+		/* The clock is read only for entries that expire, once per packet. */
+		if (!st->now_ns)
+			st->now_ns = bpf_ktime_get_ns();
+		if (st->now_ns >= h->expires_ns)
+			return -PASS_EXPIRED;
+	}
 	/* The same hash for another key: a miss, never the other key's value. */
 	if (!key_matches(st, h, data, cap, n))
 		return -PASS_MISS;
@@ -365,7 +370,7 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 			return pass(PASS_NOT_GET);
 		}
 	}
-	st->now_ns = bpf_ktime_get_ns();
+	st->now_ns = 0;
 	st->out_len = 0;
 	st->csum = bpf_ntohs(fr->request_id) + 1; /* frame header words: id, seq 0, total 1, 0 */
 
