@@ -33,6 +33,7 @@ type fakeUDP struct {
 	reverse   bool                  // send the datagrams of a reply last first
 	duplicate bool                  // send every datagram twice
 	drop      func(n uint64) bool   // drop the n-th request (counting from 0)
+	dropPart  func(key uint64) bool // lose datagram 1 of a multi-datagram reply for key
 	wrongKey  func(key uint64) bool // answer a hit for another key
 	delay     time.Duration         // hold every reply this long
 
@@ -43,7 +44,7 @@ type fakeUDP struct {
 
 	n                                       atomic.Uint64
 	marked, unmarked, misses, sets, dropped atomic.Uint64
-	wrong                                   atomic.Uint64
+	wrong, partial                          atomic.Uint64
 }
 
 func newFakeUDP(t *testing.T, network, addr string) *fakeUDP {
@@ -56,6 +57,9 @@ func newFakeUDP(t *testing.T, network, addr string) *fakeUDP {
 	if err != nil {
 		t.Fatalf("listen %s %s: %v", network, addr, err)
 	}
+	// A deep receive queue: a test goroutine starved for a moment on a busy machine must not
+	// turn into datagrams lost before the server reads them.
+	_ = c.SetReadBuffer(8 << 20)
 	f := &fakeUDP{conn: c, v6: network == "udp6", valueSize: 32, start: time.Now()}
 	t.Cleanup(func() { c.Close() })
 	return f
@@ -160,6 +164,10 @@ func (f *fakeUDP) handle(d []byte, from *net.UDPAddr, at time.Time) {
 			tos = f.dscp << 2
 		}
 		f.setTOS(tos)
+		if len(parts) > 1 && f.dropPart != nil && f.dropPart(idx) {
+			f.partial.Add(1)
+			parts = append(parts[:1:1], parts[2:]...)
+		}
 		for _, p := range parts {
 			_, _ = f.conn.WriteToUDP(p, from)
 			if f.duplicate {

@@ -83,8 +83,8 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	}
 
 	if cfg.Warmup == 0 && cfg.WarmupSettle <= 0 {
-		// No warmup: measure from the first request, set before any sender starts.
-		ctl.measureStart.Store(0)
+		// No warmup: the window and the schedule start now, before any sender runs.
+		ctl.measureStart.Store(ctl.now())
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*len(workers))
@@ -268,8 +268,8 @@ func drive(ctx context.Context, cfg *Config, ctl *control, workers []*worker, er
 		measuring = true
 		fmt.Fprintf(progress, "measure: %s\n", cfg.Duration)
 	}
-	if ctl.measureStart.Load() == 0 {
-		measuring = true
+	if ms := ctl.measureStart.Load(); ms != math.MaxInt64 {
+		startNs, measuring = ms, true
 		fmt.Fprintf(progress, "measure: %s\n", cfg.Duration)
 	} else {
 		fmt.Fprintf(progress, "warmup: %s\n", cfg.Warmup)

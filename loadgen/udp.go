@@ -76,11 +76,14 @@ type udpTransport struct {
 	done    []completion
 	keyBuf  []byte
 	lastSwp int64
+
+	epochUnixNs int64 // the control's epoch on the wall clock, to convert kernel timestamps
 }
 
 type completion struct {
 	class    Class
 	intended int64
+	at       int64 // when the last datagram arrived, ns since the epoch
 	ok       bool
 }
 
@@ -105,6 +108,12 @@ func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val va
 	if err := setsockoptInt(conn, level, opt, 1); err != nil {
 		return nil, fmt.Errorf("enable receiving the TOS byte: %w", err)
 	}
+	// Kernel receive timestamps end each latency when the reply arrived, not when the receiving
+	// goroutine got to it, so the generator's own scheduling delays stay out of the figures.
+	if err := setsockoptInt(conn, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		return nil, fmt.Errorf("enable receive timestamps: %w", err)
+	}
+	t.epochUnixNs = w.ctl.epoch.UnixNano()
 	// Request ids are 16 bits; a smaller table keeps the slots in cache when little is in flight.
 	n := 1 << bits.Len(uint(max(1024, 4*inflight)-1))
 	n = min(n, 1<<16)
@@ -119,7 +128,7 @@ func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val va
 	t.rmsgs = make([]ipv4.Message, batch)
 	for i := range t.rmsgs {
 		t.rmsgs[i].Buffers = [][]byte{make([]byte, 64<<10)}
-		t.rmsgs[i].OOB = make([]byte, 64)
+		t.rmsgs[i].OOB = make([]byte, 128)
 	}
 	// Bursts of replies must not overflow the receive buffer; best effort.
 	_ = conn.SetReadBuffer(4 << 20)
@@ -220,7 +229,10 @@ func (t *udpTransport) receive() error {
 		if n > 0 {
 			t.handle(t.rmsgs[:n], now)
 		}
-		if now-t.lastSwp >= int64(sweepEvery) {
+		// Sweep once the socket is drained, so that replies already queued are read before their
+		// requests are given up; under a flood that never drains, sweep less often anyway.
+		since := now - t.lastSwp
+		if (n < len(t.rmsgs) && since >= int64(sweepEvery)) || since >= int64(20*sweepEvery) {
 			t.sweep(now)
 			if err := t.conn.SetReadDeadline(time.Now().Add(sweepEvery)); err != nil {
 				if errors.Is(err, net.ErrClosed) {
@@ -238,19 +250,24 @@ func (t *udpTransport) handle(msgs []ipv4.Message, now int64) {
 	t.mu.Lock()
 	for i := range msgs {
 		m := &msgs[i]
-		t.datagramLocked(m.Buffers[0][:m.N], parseTOS(m.OOB[:m.NN]))
+		tos, rx := parseCmsgs(m.OOB[:m.NN])
+		at := now
+		if rx != 0 {
+			at = min(rx-t.epochUnixNs, now)
+		}
+		t.datagramLocked(m.Buffers[0][:m.N], tos, at)
 	}
 	t.mu.Unlock()
 	for _, c := range t.done {
 		if c.ok {
-			t.w.complete(c.class, c.intended, now)
+			t.w.complete(c.class, c.intended, c.at)
 		} else {
 			t.w.fail(c.intended)
 		}
 	}
 }
 
-func (t *udpTransport) datagramLocked(d []byte, tos int) {
+func (t *udpTransport) datagramLocked(d []byte, tos int, at int64) {
 	h, err := protocol.ParseFrameHeader(d)
 	if err != nil {
 		return // not memcached's framing: nothing to match it to
@@ -268,7 +285,7 @@ func (t *udpTransport) datagramLocked(d []byte, tos int) {
 	}
 	if h.Total == 0 || h.Total != s.total || h.Seq >= h.Total {
 		s.bad = true
-		t.finishLocked(s)
+		t.finishLocked(s, at)
 		return
 	}
 	if !s.markSeen(h.Seq) {
@@ -284,7 +301,7 @@ func (t *udpTransport) datagramLocked(d []byte, tos int) {
 		if s.bytes != s.want {
 			s.bad = true
 		}
-		t.finishLocked(s)
+		t.finishLocked(s, at)
 	}
 }
 
@@ -342,8 +359,11 @@ func (t *udpTransport) classifyLocked(s *udpSlot, p []byte, tos int) {
 	}
 }
 
-func (t *udpTransport) finishLocked(s *udpSlot) {
-	t.done = append(t.done, completion{class: s.class, intended: s.intended, ok: !s.bad && s.headSeen})
+func (t *udpTransport) finishLocked(s *udpSlot, at int64) {
+	// A wall-clock step could put the kernel timestamp before the send; never report less than
+	// the time since the actual send.
+	at = max(at, s.sent)
+	t.done = append(t.done, completion{class: s.class, intended: s.intended, at: at, ok: !s.bad && s.headSeen})
 	s.seq = 0
 	t.pending--
 }
@@ -432,9 +452,11 @@ func parseValueLine(line []byte) (key []byte, size int, ok bool) {
 	return f[1], n, true
 }
 
-// parseTOS finds the IPv4 TOS or IPv6 traffic class in received control messages; -1 if absent.
-// It reads the cmsghdr layout directly because the x/net and x/sys parsers allocate per call.
-func parseTOS(oob []byte) int {
+// parseCmsgs finds the IPv4 TOS or IPv6 traffic class (-1 if absent) and the kernel receive
+// timestamp in Unix ns (0 if absent) in received control messages. It reads the cmsghdr layout
+// directly because the x/net and x/sys parsers allocate on every call.
+func parseCmsgs(oob []byte) (tos int, rxUnixNs int64) {
+	tos = -1
 	hdr := unix.CmsgLen(0)
 	for len(oob) >= hdr {
 		var l int
@@ -443,26 +465,33 @@ func parseTOS(oob []byte) int {
 		} else {
 			l = int(binary.NativeEndian.Uint32(oob))
 		}
-		lvlOff := unix.SizeofPtr
-		level := int32(binary.NativeEndian.Uint32(oob[lvlOff:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[lvlOff+4:]))
+		level := int32(binary.NativeEndian.Uint32(oob[unix.SizeofPtr:]))
+		typ := int32(binary.NativeEndian.Uint32(oob[unix.SizeofPtr+4:]))
 		if l < hdr || l > len(oob) {
-			return -1
+			return tos, rxUnixNs
 		}
 		data := oob[hdr:l]
 		switch {
 		case level == unix.IPPROTO_IP && typ == unix.IP_TOS && len(data) >= 1:
-			return int(data[0])
+			tos = int(data[0])
 		case level == unix.IPPROTO_IPV6 && typ == unix.IPV6_TCLASS && len(data) >= 4:
-			return int(binary.NativeEndian.Uint32(data)) & 0xff
+			tos = int(binary.NativeEndian.Uint32(data)) & 0xff
+		case level == unix.SOL_SOCKET && typ == unix.SCM_TIMESTAMPNS && len(data) >= 2*unix.SizeofPtr:
+			var sec, nsec int64
+			if unix.SizeofPtr == 8 {
+				sec, nsec = int64(binary.NativeEndian.Uint64(data)), int64(binary.NativeEndian.Uint64(data[8:]))
+			} else {
+				sec, nsec = int64(int32(binary.NativeEndian.Uint32(data))), int64(binary.NativeEndian.Uint32(data[4:]))
+			}
+			rxUnixNs = sec*1e9 + nsec
 		}
 		next := unix.CmsgSpace(l - hdr)
 		if next > len(oob) {
-			return -1
+			return tos, rxUnixNs
 		}
 		oob = oob[next:]
 	}
-	return -1
+	return tos, rxUnixNs
 }
 
 func setsockoptInt(conn *net.UDPConn, level, opt, v int) error {

@@ -143,7 +143,12 @@ func (w *worker) runOpen() error {
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0) // best effort: only precision suffers
 
 	ops := make([]op, 0, w.batch)
-	next := float64(w.ctl.now()) + w.poisson.NextGapNs(w.gen.r)
+	// Without a warmup the schedule starts with the window, however late this goroutine runs.
+	start := w.ctl.now()
+	if ms := w.ctl.measureStart.Load(); ms != math.MaxInt64 {
+		start = ms
+	}
+	next := float64(start) + w.poisson.NextGapNs(w.gen.r)
 	for {
 		now := w.ctl.now()
 		stop := w.ctl.stopAt.Load()
