@@ -115,8 +115,9 @@ type xdpcacheScratch struct {
 		Class   uint32
 		Pad     uint32
 	}
-	Key   [264]uint8
-	Saved [1400]uint8
+	Key     [264]uint8
+	Saved   [1400]uint8
+	Headers [128]uint8
 }
 
 // Names of all BPF objects in the ELF.

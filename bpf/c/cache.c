@@ -329,7 +329,7 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	struct mc_frame *fr;
 	void *data, *data_end;
 	__u32 cmd_off, cmd_len, orig_len, nkeys = 0, total, pos, ip_hdr;
-	int ret, done = 0;
+	int ret, done = 0, delta, head_grown = 0;
 
 	ret = parse_udp(ctx, cfg_port, &l4);
 	if (ret)
@@ -409,8 +409,20 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 		return pass(PASS_INTERNAL);
 
 	orig_len = bpf_xdp_get_buff_len(ctx);
-	if (bpf_xdp_adjust_tail(ctx, (int)(l4.l4_off + sizeof(struct udphdr) + total) - (int)orig_len))
-		return pass(PASS_TOO_BIG);
+	delta = (int)(l4.l4_off + sizeof(struct udphdr) + total) - (int)orig_len;
+	if (bpf_xdp_adjust_tail(ctx, delta)) {
+		/* No tailroom (veth's copied skbs have none): grow at the head instead, where
+		 * XDP guarantees room, and move the headers to the new front. */
+		if (delta <= 0 || delta > MAX_PAYLOAD || cmd_off > HDR_MAX || cmd_off < 14)
+			return pass(PASS_TOO_BIG);
+		if (bpf_xdp_load_bytes(ctx, 0, st->headers, cmd_off))
+			return pass(PASS_INTERNAL);
+		if (bpf_xdp_adjust_head(ctx, -delta))
+			return pass(PASS_TOO_BIG);
+		head_grown = delta;
+		if (bpf_xdp_store_bytes(ctx, 0, st->headers, cmd_off))
+			goto fail;
+	}
 
 	pos = cmd_off;
 	for (__u32 i = 0; i < MAX_KEYS; i++) {
@@ -432,6 +444,12 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	return XDP_TX;
 
 fail:
+	if (head_grown) {
+		/* Drop the grown head; the original headers are then in front again, and only
+		 * the command bytes may have been overwritten. */
+		if (!bpf_xdp_adjust_head(ctx, head_grown) && cmd_off <= HDR_MAX && cmd_off >= 14)
+			bpf_xdp_store_bytes(ctx, 0, st->headers, cmd_off);
+	}
 	restore(ctx, st, orig_len, cmd_off, cmd_len);
 	return pass(PASS_INTERNAL);
 }

@@ -15,6 +15,7 @@
 #define MAX_KEYS 32     /* keys of one get handled in the kernel; more pass */
 #define MAX_PAYLOAD 1400 /* largest UDP payload memcached sends in one datagram */
 #define CAS_MAX 24      /* " <cas unique>": a space and up to 20 digits */
+#define HDR_MAX 128     /* Ethernet, VLAN, IPv6, UDP and frame headers fit */
 
 /* Runtime settings, fixed before load by userspace (volatile: clang must not fold them). */
 volatile const __u16 cfg_port = 11211; /* UDP port answered, host order */
@@ -105,6 +106,7 @@ struct scratch {
 	struct slot slots[MAX_KEYS];
 	__u8 key[KEY_MAX + 14]; /* the key just scanned, room to read whole words past its end */
 	__u8 saved[MAX_PAYLOAD]; /* the request's command bytes, to restore if the reply fails */
+	__u8 headers[HDR_MAX];   /* the request's headers, when the reply grows at the head */
 };
 
 /* scratch_map: key 0, value this CPU's scratch. */
