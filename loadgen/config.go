@@ -82,6 +82,10 @@ type Config struct {
 	// Dial opens the sockets ("udp" or "tcp" to Server). Nil means a net.Dialer. UDP sockets it
 	// returns must be *net.UDPConn. Run calls it only from its calling goroutine.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+
+	// echoReplies accepts a request echoed back unchanged (the XDP echo program the generator's
+	// ceiling is measured against) as a kernel hit. Only the package's own benchmarks set it.
+	echoReplies bool
 }
 
 // MaxUDPValue is the largest value a UDP set carries: memcached reads a UDP request into one

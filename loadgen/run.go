@@ -233,6 +233,7 @@ func newWorkers(cfg *Config, model *workloadModel, ctl *control, s *sockets, val
 			if err != nil {
 				return nil, err
 			}
+			t.echo = cfg.echoReplies
 			w.tr = t
 		} else {
 			w.tr = newTCPTransport(w, c, model.space, val)

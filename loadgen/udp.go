@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/bits"
 	"net"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -78,6 +77,7 @@ type udpTransport struct {
 	lastSwp int64
 
 	epochUnixNs int64 // the control's epoch on the wall clock, to convert kernel timestamps
+	echo        bool  // Config.echoReplies
 }
 
 type completion struct {
@@ -354,6 +354,9 @@ func (t *udpTransport) classifyLocked(s *udpSlot, p []byte, tos int) {
 	case s.kind == opSet && bytes.HasPrefix(p, []byte("STORED\r\n")):
 		s.want = len("STORED\r\n")
 		s.class = Set
+	case t.echo && s.kind == opGet && bytes.HasPrefix(p, []byte("get ")):
+		s.want = len(p)
+		s.class = KernelHit
 	default:
 		s.bad = true
 	}
@@ -436,20 +439,56 @@ func firstLine(p []byte) ([]byte, bool) {
 	return p[:i], true
 }
 
-// parseValueLine parses "VALUE <key> <flags> <bytes>[ <cas>]".
+// parseValueLine parses "VALUE <key> <flags> <bytes>[ <cas>]" without allocating.
 func parseValueLine(line []byte) (key []byte, size int, ok bool) {
-	f := bytes.Fields(line)
-	if len(f) < 4 || len(f) > 5 || string(f[0]) != "VALUE" {
+	rest, found := bytes.CutPrefix(line, []byte("VALUE "))
+	if !found {
 		return nil, 0, false
 	}
-	if _, err := strconv.ParseUint(string(f[2]), 10, 32); err != nil {
+	var f [4][]byte
+	n := 0
+	for len(rest) > 0 && n < len(f) {
+		i := bytes.IndexByte(rest, ' ')
+		if i < 0 {
+			i = len(rest)
+		}
+		if i > 0 {
+			f[n] = rest[:i]
+			n++
+		}
+		rest = rest[min(i+1, len(rest)):]
+	}
+	if n < 3 || len(bytes.TrimSpace(rest)) > 0 {
 		return nil, 0, false
 	}
-	n, err := strconv.Atoi(string(f[3]))
-	if err != nil || n < 0 {
+	if _, ok := atou(f[1]); !ok {
 		return nil, 0, false
 	}
-	return f[1], n, true
+	sz, ok := atou(f[2])
+	if !ok || sz > 1<<30 {
+		return nil, 0, false
+	}
+	if n == 4 {
+		if _, ok := atou(f[3]); !ok {
+			return nil, 0, false
+		}
+	}
+	return f[0], int(sz), true
+}
+
+// atou parses a decimal uint64 of at most 19 digits.
+func atou(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, true
 }
 
 // parseCmsgs finds the IPv4 TOS or IPv6 traffic class (-1 if absent) and the kernel receive

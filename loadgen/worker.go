@@ -169,6 +169,10 @@ func (w *worker) runOpen() error {
 			return err
 		}
 		w.cnt.sent.Add(uint64(len(ops)))
+		if len(ops) == cap(ops) {
+			// Behind or at full speed: let the receiver run even when there is a single P.
+			runtime.Gosched()
+		}
 		ms := w.ctl.measureStart.Load()
 		for i := range ops {
 			lag := now - ops[i].intended
