@@ -204,6 +204,11 @@ func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load XDP program: %w", err)
 	}
+	// Per-program run time and count for xdpcache_kernel_program_*; needs CAP_SYS_ADMIN, or
+	// kernel.bpf_stats_enabled=1 set by the operator.
+	if err := kc.EnableRunStats(); err != nil {
+		log.Info("kernel program run-time statistics off (set sysctl kernel.bpf_stats_enabled=1 to have them)", zap.Error(err))
+	}
 	got, err := kc.Attach(f.xdpIface, mode)
 	if err != nil {
 		kc.Close()
