@@ -147,7 +147,6 @@ var corpus = []confCase{
 	{name: "ma quiet", req: "ma mq q\r\nma mq N0 q\r\nma mq q\r\nma mq v\r\n"},
 	{name: "ma errors", req: "ma mx MZ\r\nma mx Dx\r\nma mx Jx\r\nma\r\nma mx C1\r\n"},
 	{name: "stale and win", req: "ms st 1\r\na\r\nmd st I T30\r\nmg st v c\r\nmg st v\r\nms st 1 C1 I\r\nb\r\nmg st v\r\nmg w1 N30 v\r\nmg w1 N30 v\r\nmg w1 v\r\nms rc 1 T100\r\nx\r\nmg rc R200 v\r\nmg rc R200 v\r\n"},
-	{name: "mn", req: "mn\r\n"},
 	// Deliberate: the data block of a rejected ms is discarded, as for the text commands.
 	{name: "ms key too long", req: "ms " + tooLongKey + " 1\r\nx\r\n",
 		ours: "CLIENT_ERROR bad command line format\r\n", theirs: "CLIENT_ERROR bad command line format\r\nERROR\r\n", why: swallowWhy},

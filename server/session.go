@@ -40,6 +40,9 @@ type session struct {
 	need int
 	// swallow is how many bytes of a rejected data block remain to discard.
 	swallow int
+	// scanned is how many bytes of the unconsumed input are known to hold no newline, so that
+	// a line arriving in small pieces is not rescanned from its start each time.
+	scanned int
 	// noreply suppresses the current request's reply (memcached's c->noreply).
 	noreply bool
 	// cmd and status label the current request for metrics.
@@ -58,7 +61,7 @@ func (c *session) reset(udp bool) {
 	c.udp = udp
 	c.out = c.out[:0]
 	c.msgEnds = c.msgEnds[:0]
-	c.need, c.swallow, c.noreply = 0, 0, false
+	c.need, c.swallow, c.scanned, c.noreply = 0, 0, 0, false
 }
 
 func (s *Server) getSession(udp bool) *session {
@@ -116,8 +119,14 @@ func (c *session) process(in []byte) (int, action) {
 		if len(rest) == 0 {
 			return pos, actNeedMore
 		}
-		nl := bytes.IndexByte(rest, '\n')
+		nl := -1
+		if c.scanned < len(rest) {
+			if i := bytes.IndexByte(rest[c.scanned:], '\n'); i >= 0 {
+				nl = c.scanned + i
+			}
+		}
 		if nl < 0 {
+			c.scanned = len(rest)
 			// memcached closes a connection that sends 2 KB without a newline, unless it is a
 			// long multi-key get; we bound those too.
 			if len(rest) > protocol.MaxLineLen && (!protocol.LongLineAllowed(rest) || len(rest) > maxGetLine) {
@@ -136,6 +145,7 @@ func (c *session) process(in []byte) (int, action) {
 			return pos, actNeedMore
 		}
 		pos += nl + 1 + used
+		c.scanned = 0
 		c.noreply = false
 		if c.udp {
 			c.msgEnds = append(c.msgEnds, len(c.out))

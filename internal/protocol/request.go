@@ -89,7 +89,7 @@ func TrimLine(line []byte) []byte {
 // growing: only a get or gets (a multi-key get of any length), after at most 100 leading spaces.
 func LongLineAllowed(buf []byte) bool {
 	i := 0
-	for i < len(buf) && buf[i] == ' ' {
+	for i < len(buf) && i <= 100 && buf[i] == ' ' {
 		i++
 	}
 	if i > 100 {
