@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# check-live.sh: run every query of the Grafana dashboard against a real Prometheus that scrapes a
+# live `xdpcache serve` (XDP in generic mode on a private namespace's lo) and `xdpcache bench`,
+# and print how many series each returns and a sample value. The Go tests check the queries'
+# metric names offline; this checks that they return what the panel promises.
+#
+# Needs root (XDP, a network namespace), go, python3 and prometheus (Debian: apt-get install
+# prometheus). Everything runs inside a namespace it creates and deletes; nothing listens outside.
+# Usage: sudo deploy/grafana/check-live.sh [seconds of load, default 40]
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+LOAD_SECONDS=${1:-40}
+NS=xdpcache-dash-$$
+WORK=$(mktemp -d)
+PIDS=()
+OLD_STATS=$(sysctl -n kernel.bpf_stats_enabled)
+
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	ip netns del "$NS" 2>/dev/null || true
+	sysctl -q kernel.bpf_stats_enabled="$OLD_STATS"
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+go build -o "$WORK/xdpcache" ./cmd/xdpcache
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+# serve hands the interface MTU to the kernel cache, which accepts an Ethernet-sized one only;
+# lo's 65536 is refused.
+ip -n "$NS" link set lo mtu 1500
+in_ns() { ip netns exec "$NS" "$@"; }
+# The program-time panel needs the kernel's per-program accounting; restored on exit.
+sysctl -q kernel.bpf_stats_enabled=1
+
+in_ns "$WORK/xdpcache" serve -p 21911 -U 21911 --xdp-iface lo --xdp-mode generic \
+	--mark-kernel-replies 10 --admission always --metrics-addr 127.0.0.1:9150 \
+	--log-format json >"$WORK/serve.log" 2>&1 &
+PIDS+=($!)
+
+cat >"$WORK/prometheus.yml" <<'EOF'
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: xdpcache
+    static_configs: [{targets: ["127.0.0.1:9150"]}]
+  - job_name: xdpcache-bench
+    static_configs: [{targets: ["127.0.0.1:9151"]}]
+EOF
+in_ns prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+	--web.listen-address=127.0.0.1:9090 >"$WORK/prometheus.log" 2>&1 &
+PIDS+=($!)
+
+for _ in $(seq 50); do
+	in_ns python3 -c 'import socket; socket.create_connection(("127.0.0.1", 21911), 1)' 2>/dev/null && break
+	sleep 0.2
+done
+
+# UDP for kernel hits, and a TCP run for connections; some misses (keys beyond the loaded set
+# are never set: --get-ratio < 1 sets them later) and sets.
+in_ns "$WORK/xdpcache" bench --server 127.0.0.1:21911 --rate 5000 --duration "${LOAD_SECONDS}s" \
+	--warmup 0 --keys 2000 --kernel-dscp 10 --get-ratio 0.95 \
+	--metrics-addr 127.0.0.1:9151 >"$WORK/bench.out" 2>"$WORK/bench.err" &
+PIDS+=($!)
+in_ns "$WORK/xdpcache" bench --server 127.0.0.1:21911 --proto tcp --rate 500 --duration "${LOAD_SECONDS}s" \
+	--warmup 0 --keys 4000 --load=false --get-ratio 0.9 >/dev/null 2>&1 &
+PIDS+=($!)
+
+sleep $((LOAD_SECONDS * 3 / 4))
+
+status=0
+in_ns python3 - deploy/grafana/xdpcache.json <<'EOF' || status=$?
+import json, sys, urllib.parse, urllib.request
+
+dash = json.load(open(sys.argv[1]))
+def panels(ps):
+    for p in ps:
+        if p.get("type") == "row":
+            yield from panels(p.get("panels", []))
+        else:
+            yield p
+empty = 0
+for p in panels(dash["panels"]):
+    for t in p["targets"]:
+        q = (t["expr"].replace("$__rate_interval", "10s")
+             .replace("$instance", ".*").replace("$bench", ".*"))
+        url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        res = json.load(urllib.request.urlopen(url, timeout=10))
+        if res["status"] != "success":
+            print(f"ERROR {p['title']} {t['refId']}: {res}")
+            empty += 1
+            continue
+        r = res["data"]["result"]
+        sample = ", ".join(f"{s['metric']}={float(s['value'][1]):.4g}" for s in r[:3])
+        if not r:
+            empty += 1
+        print(f"{len(r):3d} series  {p['title']} [{t['refId']}]  {sample}")
+print(f"{empty} queries returned nothing")
+sys.exit(1 if empty else 0)
+EOF
+if [ "$status" -ne 0 ]; then
+	for f in serve.log bench.err prometheus.log; do
+		echo "--- $f (last lines)"
+		tail -n 5 "$WORK/$f"
+	done
+fi
+exit "$status"
