@@ -175,6 +175,7 @@ var corpus = []confCase{
 	{name: "long complete line", req: "set " + strings.Repeat("x", 3000) + " 0 0 1\r\nx\r\n", tcpOnly: true,
 		ours: "CLIENT_ERROR bad command line format\r\n", theirs: "CLIENT_ERROR bad command line format\r\nERROR\r\n", why: swallowWhy},
 	{name: "long multiget", req: "get " + manyKeys(3000) + "\r\n", tcpOnly: true},
+	{name: "200 KB multiget", req: "set keyb 0 0 1\r\nb\r\ngets a " + manyKeys(8000) + " a\r\n", tcpOnly: true},
 	{name: "http", req: "GET / HTTP/1.1\r\n", closes: true, tcpOnly: true},
 }
 
