@@ -4,8 +4,6 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"golang.org/x/net/ipv4"
-
 	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/loadgen/workload"
 )
@@ -113,11 +111,13 @@ func BenchmarkReceiveDatagram(b *testing.B) {
 	dgram = append(dgram, reply...)
 	oob := make([]byte, 0, 64)
 	oob = append(oob, cmsg(0, 1, []byte{40})...) // IPPROTO_IP, IP_TOS
-	msgs := []ipv4.Message{{Buffers: [][]byte{dgram}, OOB: oob, N: len(dgram), NN: len(oob)}}
+	tr.rb = &recvBatch{hdrs: make([]mmsghdr, 1), bufs: [][]byte{dgram}, ctrls: [][]byte{oob}}
+	tr.rb.hdrs[0].len = uint32(len(dgram))
+	tr.rb.hdrs[0].hdr.SetControllen(len(oob))
 	for b.Loop() {
 		tr.slots[5] = udpSlot{seq: 1, key: 42, kind: opGet, sent: 1}
 		tr.pending = 1
-		tr.handle(msgs, 1000)
+		tr.handle(1, 1000)
 	}
 	if w.cnt.done[UserHit].Load() == 0 {
 		b.Fatal("no hit recorded")

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -203,11 +204,12 @@ func newWorkers(cfg *Config, model *workloadModel, ctl *control, s *sockets, val
 	ws := make([]*worker, len(s.conns))
 	for i, c := range s.conns {
 		w := &worker{
-			ctl:   ctl,
-			gen:   opGen{m: model, getRatio: cfg.GetRatio, r: rand.New(rand.NewPCG(cfg.Seed, uint64(i)))},
-			batch: cfg.Batch,
-			meas:  newMeasurement(),
-			lag:   newHist(),
+			ctl:     ctl,
+			gen:     opGen{m: model, getRatio: cfg.GetRatio, r: rand.New(rand.NewPCG(cfg.Seed, uint64(i)))},
+			batch:   cfg.Batch,
+			singleP: runtime.GOMAXPROCS(0) == 1,
+			meas:    newMeasurement(),
+			lag:     newHist(),
 		}
 		inflight := 0
 		if cfg.Rate > 0 {

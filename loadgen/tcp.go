@@ -213,6 +213,9 @@ func (t *tcpTransport) sweep(now int64) {
 	}
 }
 
+// poll does nothing: TCP replies are read by the receiver only, in stream order.
+func (t *tcpTransport) poll() {}
+
 func (t *tcpTransport) outstanding() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -19,10 +19,9 @@ import (
 	"github.com/xdpcache/xdpcache/loadgen/workload"
 )
 
-// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common: sendmmsg and recvmmsg.
+// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common for sending: sendmmsg.
 // Both use the same Message type.
 type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
@@ -70,8 +69,10 @@ type udpTransport struct {
 	// Sender-owned.
 	wmsgs []ipv4.Message
 	wbufs [][]byte
-	// Receiver-owned.
-	rmsgs   []ipv4.Message
+	// Receiving: by the receiver goroutine, or by the sender between sends; recvMu serialises
+	// them and guards these fields and the measurement.
+	recvMu  sync.Mutex
+	rb      *recvBatch
 	done    []completion
 	keyBuf  []byte
 	lastSwp int64
@@ -114,6 +115,11 @@ func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val va
 		return nil, fmt.Errorf("enable receive timestamps: %w", err)
 	}
 	t.epochUnixNs = w.ctl.epoch.UnixNano()
+	rb, err := newRecvBatch(conn, w.batch, 64<<10)
+	if err != nil {
+		return nil, err
+	}
+	t.rb = rb
 	// Request ids are 16 bits; a smaller table keeps the slots in cache when little is in flight.
 	n := 1 << bits.Len(uint(max(1024, 4*inflight)-1))
 	n = min(n, 1<<16)
@@ -124,11 +130,6 @@ func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val va
 	t.wbufs = make([][]byte, batch)
 	for i := range t.wbufs {
 		t.wbufs[i] = make([]byte, 0, 128)
-	}
-	t.rmsgs = make([]ipv4.Message, batch)
-	for i := range t.rmsgs {
-		t.rmsgs[i].Buffers = [][]byte{make([]byte, 64<<10)}
-		t.rmsgs[i].OOB = make([]byte, 128)
 	}
 	// Bursts of replies must not overflow the receive buffer; best effort.
 	_ = conn.SetReadBuffer(4 << 20)
@@ -207,55 +208,69 @@ func (t *udpTransport) failSent(m ipv4.Message) {
 }
 
 func (t *udpTransport) receive() error {
-	deadline := time.Now().Add(sweepEvery)
-	if err := t.conn.SetReadDeadline(deadline); err != nil {
-		return fmt.Errorf("set read deadline: %w", err)
-	}
 	for {
-		n, err := t.bc.ReadBatch(t.rmsgs, 0)
-		now := t.w.ctl.now()
-		if err != nil {
-			var ne net.Error
-			switch {
-			case errors.Is(err, net.ErrClosed):
+		if err := t.conn.SetReadDeadline(time.Now().Add(sweepEvery)); err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return nil
-			case errors.As(err, &ne) && ne.Timeout():
-			case errors.Is(err, syscall.ECONNREFUSED):
-				// The server's port is closed; requests time out and are counted then.
-			default:
-				return fmt.Errorf("read replies: %w", err)
 			}
+			return fmt.Errorf("set read deadline: %w", err)
 		}
-		if n > 0 {
-			t.handle(t.rmsgs[:n], now)
+		full := false
+		err := t.rb.wait(&t.recvMu, func(n int) {
+			t.handle(n, t.w.ctl.now())
+			full = n == len(t.rb.hdrs)
+		})
+		var ne net.Error
+		switch {
+		case err == nil:
+		case errors.Is(err, net.ErrClosed):
+			return nil
+		case errors.As(err, &ne) && ne.Timeout():
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// The server's port is closed; requests time out and are counted then.
+		default:
+			return fmt.Errorf("read replies: %w", err)
 		}
-		// Sweep once the socket is drained, so that replies already queued are read before their
-		// requests are given up; under a flood that never drains, sweep less often anyway.
-		since := now - t.lastSwp
-		if (n < len(t.rmsgs) && since >= int64(sweepEvery)) || since >= int64(20*sweepEvery) {
-			t.sweep(now)
-			if err := t.conn.SetReadDeadline(time.Now().Add(sweepEvery)); err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return nil
-				}
-				return fmt.Errorf("set read deadline: %w", err)
-			}
-		}
+		t.maybeSweep(!full)
 	}
 }
 
-// handle matches a batch of datagrams to their requests and records the finished ones.
-func (t *udpTransport) handle(msgs []ipv4.Message, now int64) {
+// poll is the sender's share of receiving: it drains replies already queued. With a single P a
+// sender that never blocks would otherwise leave the receiver waiting for the netpoller, which a
+// busy scheduler consults only every few milliseconds.
+func (t *udpTransport) poll() {
+	if !t.recvMu.TryLock() {
+		return // the receiver is at it
+	}
+	defer t.recvMu.Unlock()
+	_ = t.rb.drain(4, func(n int) { t.handle(n, t.w.ctl.now()) }) // errors surface in receive
+}
+
+// maybeSweep sweeps once the socket is drained, so that replies already queued are read before
+// their requests are given up; under a flood that never drains, it sweeps less often anyway.
+func (t *udpTransport) maybeSweep(drained bool) {
+	t.recvMu.Lock()
+	defer t.recvMu.Unlock()
+	now := t.w.ctl.now()
+	since := now - t.lastSwp
+	if (drained && since >= int64(sweepEvery)) || since >= int64(20*sweepEvery) {
+		t.sweep(now)
+	}
+}
+
+// handle matches n received datagrams to their requests and records the finished ones. The
+// caller holds recvMu.
+func (t *udpTransport) handle(n int, now int64) {
 	t.done = t.done[:0]
 	t.mu.Lock()
-	for i := range msgs {
-		m := &msgs[i]
-		tos, rx := parseCmsgs(m.OOB[:m.NN])
+	for i := range n {
+		d, oob := t.rb.datagram(i)
+		tos, rx := parseCmsgs(oob)
 		at := now
 		if rx != 0 {
 			at = min(rx-t.epochUnixNs, now)
 		}
-		t.datagramLocked(m.Buffers[0][:m.N], tos, at)
+		t.datagramLocked(d, tos, at)
 	}
 	t.mu.Unlock()
 	for _, c := range t.done {

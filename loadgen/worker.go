@@ -53,6 +53,8 @@ type transport interface {
 	receive() error
 	// outstanding is the number of requests awaiting a reply.
 	outstanding() int
+	// poll lets the sender handle replies already queued (UDP); it never blocks.
+	poll()
 	// expireAll counts every outstanding request as timed out.
 	expireAll()
 	close() error
@@ -64,6 +66,7 @@ type worker struct {
 	gen     opGen
 	tr      transport
 	batch   int
+	singleP bool              // GOMAXPROCS is 1: sender and receiver share the only P
 	poisson *workload.Poisson // nil in closed loop
 	tokens  chan struct{}     // closed loop: one token per allowed outstanding request
 
@@ -169,8 +172,10 @@ func (w *worker) runOpen() error {
 			return err
 		}
 		w.cnt.sent.Add(uint64(len(ops)))
-		if len(ops) == cap(ops) {
-			// Behind or at full speed: let the receiver run even when there is a single P.
+		if len(ops) == cap(ops) || w.singleP {
+			// Behind, at full speed, or sharing one P with the receiver: take the replies
+			// queued so far, and let the receiver run.
+			w.tr.poll()
 			runtime.Gosched()
 		}
 		ms := w.ctl.measureStart.Load()
@@ -219,6 +224,7 @@ func (w *worker) waitUntil(t int64) {
 			ts := unix.NsecToTimespec(int64(min(d-spinBelow, maxChunk)))
 			_ = unix.Nanosleep(&ts, nil) // EINTR only shortens the sleep
 		default:
+			w.tr.poll()
 			runtime.Gosched()
 		}
 	}
@@ -254,6 +260,9 @@ func (w *worker) runClosed() error {
 			return err
 		}
 		w.cnt.sent.Add(uint64(n))
+		if w.singleP {
+			w.tr.poll()
+		}
 		if w.ctl.inWindow(now) {
 			w.offered += uint64(n)
 		}
