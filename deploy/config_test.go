@@ -470,8 +470,39 @@ func TestDaemonSet(t *testing.T) {
 	if drain := shutdownTimeout(t, argv[1:]); time.Duration(g)*time.Second <= drain {
 		t.Errorf("terminationGracePeriodSeconds %d <= serve's shutdown timeout %v", g, drain)
 	}
+	checkMemory(t, c, argv[1:])
 	if got := scrapePortK8s(t); got != port {
 		t.Errorf("Prometheus scrapes pods on port %q, the DaemonSet serves metrics on %s", got, port)
+	}
+}
+
+// checkMemory checks the container's memory limit leaves room above the item memory, and that
+// a Go soft limit sits between the two so the GC works before the cgroup kills the pod.
+func checkMemory(t *testing.T, c any, args []string) {
+	t.Helper()
+	items, err := strconv.ParseInt(flagValue(args, "--memory-limit"), 10, 64)
+	if err != nil {
+		t.Fatalf("--memory-limit: %v", err)
+	}
+	lim, _ := dig(c, "resources", "limits", "memory")
+	limMiB, ok := strings.CutSuffix(toString(lim), "Mi")
+	limit, err := strconv.ParseInt(limMiB, 10, 64)
+	if !ok || err != nil {
+		t.Fatalf("memory limit %q: want NNNMi", lim)
+	}
+	var soft int64
+	envs, _ := dig(c, "env")
+	for _, e := range envs.([]any) {
+		if n, _ := dig(e, "name"); n == "GOMEMLIMIT" {
+			v, _ := dig(e, "value")
+			mib, ok := strings.CutSuffix(toString(v), "MiB")
+			if soft, err = strconv.ParseInt(mib, 10, 64); !ok || err != nil {
+				t.Fatalf("GOMEMLIMIT %q: want NNNMiB", v)
+			}
+		}
+	}
+	if !(items < soft && soft < limit) {
+		t.Errorf("want --memory-limit %d MiB < GOMEMLIMIT %d MiB < container limit %d MiB", items, soft, limit)
 	}
 }
 
