@@ -32,7 +32,7 @@ type Item struct {
 	Value   []byte
 	Flags   uint32
 	Exptime int64  // absolute expiry, unix seconds; 0 = never
-	CAS     uint64 // assigned by the store on every Replace (see Op)
+	CAS     uint64 // assigned by the store on every Replace; given by the caller on Install (see Op)
 	// State kept for the meta protocol:
 	LastAccess int64 // unix seconds of the last fetch or store
 	Fetched    bool  // fetched at least once since stored
@@ -95,6 +95,10 @@ const (
 	Replace
 	// Delete: remove the item; the hook runs if there was one.
 	Delete
+	// Install: store *next like Replace, but keep next.CAS as given. It is for items copied from
+	// another server (a fronted memcached), whose CAS uniques clients must see unchanged. Such a
+	// CAS is not ordered with the store's own; flush_all does not depend on it (see entry.seq).
+	Install
 )
 
 // String names the op for test and error messages.
@@ -108,6 +112,8 @@ func (op Op) String() string {
 		return "Replace"
 	case Delete:
 		return "Delete"
+	case Install:
+		return "Install"
 	}
 	return "Op(invalid)"
 }
@@ -232,7 +238,8 @@ func itemSize(key string, value []byte) int64 {
 // shard are evicted in LRU order until next fits (hook runs for each), next.CAS is set to a fresh
 // unique, and a copy of *next is stored.
 //
-// Do returns the CAS of the stored item for Replace, else 0.
+// Install is Replace keeping next.CAS. Do returns the CAS of the stored item for Replace and
+// Install, else 0.
 func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint64, err error) {
 	sh := s.shardFor(key)
 	sh.mu.Lock()
@@ -267,14 +274,20 @@ func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint
 		if next == nil {
 			return 0, ErrInvalidOp
 		}
-		return s.store(sh, key, e, next, now)
+		return s.store(sh, key, e, next, now, false)
+	case Install:
+		if next == nil {
+			return 0, ErrInvalidOp
+		}
+		return s.store(sh, key, e, next, now, true)
 	default:
 		return 0, ErrInvalidOp
 	}
 }
 
-// store puts next under key, replacing e (nil if none). The shard lock is held.
-func (s *Store) store(sh *shard, key string, e *entry, next *Item, now time.Time) (uint64, error) {
+// store puts next under key, replacing e (nil if none); keepCAS keeps next.CAS (Install). The
+// shard lock is held.
+func (s *Store) store(sh *shard, key string, e *entry, next *Item, now time.Time, keepCAS bool) (uint64, error) {
 	size := itemSize(key, next.Value)
 	if err := s.checkSize(sh, size); err != nil {
 		if e != nil {
@@ -283,7 +296,10 @@ func (s *Store) store(sh *shard, key string, e *entry, next *Item, now time.Time
 		}
 		return 0, err
 	}
-	next.CAS = s.cas.Add(1)
+	seq := s.cas.Add(1)
+	if !keepCAS {
+		next.CAS = seq
+	}
 	next.LastAccess = now.Unix()
 	if e == nil {
 		e = &entry{key: key}
@@ -294,6 +310,7 @@ func (s *Store) store(sh *shard, key string, e *entry, next *Item, now time.Time
 		sh.lru.moveToFront(e)
 	}
 	e.item = *next
+	e.seq = seq
 	e.size = size
 	e.stored = now.UnixNano()
 	sh.bytes += size
@@ -494,8 +511,8 @@ func (s *Store) FlushAll(delay time.Duration) {
 	}
 	deadline := now
 	if delay <= 0 {
-		// Every Replace so far took a shard lock we hold, so its CAS is at most the counter now:
-		// this separates older items from newer ones even within one clock tick.
+		// Every Replace or Install so far took a shard lock we hold, so its seq is at most the
+		// counter now: this separates older items from newer ones even within one clock tick.
 		fs.seq = s.cas.Load()
 	} else {
 		deadline = now.Add(delay)
@@ -510,7 +527,7 @@ func (s *Store) FlushAll(delay time.Duration) {
 
 // flushState records flush_all deadlines. It is immutable once published.
 type flushState struct {
-	// seq: items with a CAS at most seq were flushed by an immediate flush_all.
+	// seq: items with an entry.seq at most seq were flushed by an immediate flush_all.
 	seq uint64
 	// before: items stored at or before this unix-nano time were flushed by a delayed flush_all
 	// whose deadline has passed (0: none).
@@ -521,7 +538,7 @@ type flushState struct {
 }
 
 func (f *flushState) flushed(e *entry, nowNano int64) bool {
-	if e.item.CAS <= f.seq {
+	if e.seq <= f.seq {
 		return true
 	}
 	if f.before != 0 && e.stored <= f.before {
@@ -607,9 +624,12 @@ func (sh *shard) remove(e *entry) {
 
 // entry is an item in a shard's map and LRU list.
 type entry struct {
-	key        string
-	item       Item
-	size       int64 // itemSize at the last store or resize
+	key  string
+	item Item
+	size int64 // itemSize at the last store or resize
+	// seq is the store's counter value taken by the last Replace or Install: the item's CAS for a
+	// Replace, not for an Install. Immediate flush_all compares it, never the CAS.
+	seq        uint64
 	stored     int64 // unix nanos of the last Replace, for delayed flush_all
 	prev, next *entry
 }

@@ -634,7 +634,7 @@ func TestReplaceWithCur(t *testing.T) {
 }
 
 func TestOpString(t *testing.T) {
-	for op, want := range map[Op]string{Keep: "Keep", Modify: "Modify", Replace: "Replace", Delete: "Delete", Op(9): "Op(invalid)"} {
+	for op, want := range map[Op]string{Keep: "Keep", Modify: "Modify", Replace: "Replace", Delete: "Delete", Install: "Install", Op(9): "Op(invalid)"} {
 		if got := op.String(); got != want {
 			t.Errorf("Op(%d).String() = %q, want %q", int(op), got, want)
 		}
