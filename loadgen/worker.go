@@ -174,9 +174,9 @@ func (w *worker) runOpen() error {
 		w.cnt.sent.Add(uint64(len(ops)))
 		if len(ops) == cap(ops) || w.singleP {
 			// Behind, at full speed, or sharing one P with the receiver: take the replies
-			// queued so far, and let the receiver run.
+			// queued so far. Yielding instead costs a trip through the scheduler per batch and
+			// halved the single-core ceiling (BenchmarkCeiling).
 			w.tr.poll()
-			runtime.Gosched()
 		}
 		ms := w.ctl.measureStart.Load()
 		for i := range ops {
