@@ -199,7 +199,7 @@ func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
 		MaxEntries: f.kernelEntries,
 		ReplyDSCP:  f.markDSCP,
 		Admission:  f.admission,
-		MTU:        iface.MTU,
+		MTU:        replyMTU(iface.MTU),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load XDP program: %w", err)
@@ -222,6 +222,10 @@ func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
 		zap.Int("mtu", iface.MTU), zap.String("admission", f.admission), zap.Uint8("reply_dscp", f.markDSCP))
 	return kc, nil
 }
+
+// replyMTU is the MTU the kernel sizes replies by. lo's is 65536, more than an IP packet can
+// carry; replies are capped at memcached's 1400-byte datagram anyway, so any larger MTU is moot.
+func replyMTU(ifaceMTU int) int { return min(ifaceMTU, 65535) }
 
 // parseSize reads memcached-style sizes: plain bytes, or k/m suffixes (powers of 1024).
 func parseSize(s string) (int64, error) {
