@@ -99,7 +99,7 @@ func Defaults() Config {
 		Proto:        "udp",
 		Rate:         10_000,
 		Concurrency:  64,
-		Conns:        4,
+		Conns:        2,
 		Duration:     10 * time.Second,
 		Warmup:       2 * time.Second,
 		WarmupMax:    60 * time.Second,

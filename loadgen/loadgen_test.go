@@ -153,6 +153,7 @@ func TestLossAndTimeouts(t *testing.T) {
 		if count(rep, UserHit) != f.unmarked.Load() || rep.Errors != 0 {
 			t.Errorf("user_hit %d of %d answered, errors %d", count(rep, UserHit), f.unmarked.Load(), rep.Errors)
 		}
+		accounted(t, rep)
 	})
 	t.Run("datagrams", func(t *testing.T) {
 		f := newFakeUDP(t, "udp4", "127.0.0.1:0")
