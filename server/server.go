@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,17 @@ type Config struct {
 	Registry prometheus.Registerer
 	// Version is ours, sent after the memcached protocol version in `version`.
 	Version string
+
+	// UDP guard (guard.go): who the UDP path answers, and how much.
+	// AllowSources are the source prefixes answered over UDP; nil means loopback and the subnets
+	// of the UDP socket's address, an empty non-nil list answers no one.
+	AllowSources []netip.Prefix
+	// RatePerSource is UDP requests per second answered per source address; 0 means no limit.
+	RatePerSource float64
+	// Burst is the token bucket size per source; 0 means the rate rounded up (at least 1).
+	Burst int
+	// MaxAmplification caps a UDP reply's bytes at this many times its request's; 0 means off.
+	MaxAmplification float64
 }
 
 // Server is a memcached-compatible server over one cache.Store.
@@ -63,6 +75,7 @@ type Server struct {
 	cfg     Config
 	store   *cache.Store
 	kernel  KernelCache
+	guard   *guard
 	st      counters
 	metrics *metrics
 	started time.Time
@@ -105,7 +118,12 @@ func New(cfg Config) (*Server, error) {
 	case cfg.MaxDatagram <= protocol.FrameHeaderLen || cfg.MaxDatagram > 65507:
 		return nil, fmt.Errorf("check config: datagram size %d out of range", cfg.MaxDatagram)
 	}
+	g, err := newGuard(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("check config: %w", err)
+	}
 	s := &Server{
+		guard:     g,
 		cfg:       cfg,
 		kernel:    cfg.Kernel,
 		started:   time.Now(),
@@ -128,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 		s.metrics = m
+		if err := cfg.Registry.Register(g.collector()); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	s.sessions.New = func() any { return newSession(s) }
 	return s, nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"golang.org/x/net/ipv4"
 
@@ -58,6 +59,8 @@ func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
 }
 
 // ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams.
+// Datagrams the UDP guard refuses (source not allowed, over its rate, reply over the amplification
+// cap; see Config) get no reply and are counted in Refused.
 // It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	if !s.track(func() { s.udpConns[conn] = struct{}{}; s.wg.Add(1) }) {
@@ -78,6 +81,7 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	var replies [][]byte
 	c := s.getSession(true)
 	defer s.putSession(c)
+	allow := s.guard.allowFor(conn)
 	for {
 		n, err := pc.ReadBatch(in, 0)
 		if err != nil {
@@ -93,9 +97,28 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 			return fmt.Errorf("read datagrams: %w", err)
 		}
 		out = out[:0]
+		var now int64
+		if s.guard.rate > 0 {
+			now = time.Now().UnixNano()
+		}
 		for i := 0; i < n; i++ {
 			m := &in[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok || !s.guard.admit(allow, ua.AddrPort().Addr(), now) {
+				continue
+			}
 			replies = s.handleDatagram(c, m.Buffers[0][:m.N], replies[:0])
+			if s.guard.maxAmp > 0 {
+				total := 0
+				for _, d := range replies {
+					total += len(d)
+				}
+				if !s.guard.fits(m.N, total) {
+					// handleDatagram counted these bytes as written; they are not sent.
+					s.st.bytesWritten.Add(-uint64(total))
+					continue
+				}
+			}
 			for _, d := range replies {
 				if len(out) == cap(out) {
 					if err := writeAll(pc, out); err != nil {
