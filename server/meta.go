@@ -217,6 +217,10 @@ func (c *session) meta(op byte, data []byte) (int, action) {
 		c.replyErr(errstr)
 		return 0, 0
 	}
+	if c.s.up != nil {
+		c.upMeta(op, key, &f)
+		return 0, 0
+	}
 	switch op {
 	case 'g':
 		c.metaGet(key, &f)
@@ -448,7 +452,8 @@ func (c *session) metaSet(data []byte) (int, action) {
 		return reject(statusClientError, "CLIENT_ERROR opaque token too long")
 	}
 	s := c.s
-	if int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
+	// Upstream mode: the upstream's item size limit applies, not ours.
+	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
 		s.st.storeTooLarge.Add(1)
 		_, _ = s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
 		return reject(statusServerError, tooLarge)
@@ -462,6 +467,10 @@ func (c *session) metaSet(data []byte) (int, action) {
 		return vlen + 2, 0
 	}
 	value := data[:vlen]
+	if s.up != nil {
+		c.upMetaSet(key, value, &f)
+		return vlen + 2, 0
+	}
 	s.st.cmdSet.Add(1)
 	code := "HD"
 	cas, err := s.store.Do(string(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
@@ -769,6 +778,10 @@ func (c *session) metaDebug() {
 		key = buf[:m]
 	}
 	s := c.s
+	if s.up != nil {
+		c.upMetaDebug(key)
+		return
+	}
 	it, ok := c.peek(str(key))
 	if !ok {
 		c.status = statusMiss

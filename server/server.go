@@ -58,6 +58,16 @@ type Config struct {
 	// Version is ours, sent after the memcached protocol version in `version`.
 	Version string
 
+	// Upstream mode (upstream.go): front these memcached servers, "host:port" each; empty means
+	// none, the server is the cache of record.
+	Upstreams []string
+	// KernelMaxAge bounds how long a value fetched from an upstream is served locally and by the
+	// kernel (at least 1s); 0 means DefaultKernelMaxAge.
+	KernelMaxAge time.Duration
+	// UpstreamDialTimeout and UpstreamTimeout bound connecting and one request to an upstream;
+	// 0 means upstream.DefaultDialTimeout (500ms) and upstream.DefaultTimeout (1s).
+	UpstreamDialTimeout, UpstreamTimeout time.Duration
+
 	// UDP guard (guard.go): who the UDP path answers, and how much.
 	// AllowSources are the source prefixes answered over UDP; nil means loopback and the subnets
 	// of the UDP socket's address, an empty non-nil list answers no one.
@@ -75,6 +85,7 @@ type Server struct {
 	cfg     Config
 	store   *cache.Store
 	kernel  KernelCache
+	up      *upstreamState // nil unless fronting upstreams
 	guard   *guard
 	st      counters
 	metrics *metrics
@@ -140,6 +151,18 @@ func New(cfg Config) (*Server, error) {
 		MaxItemSize: cfg.MaxItemSize,
 		Hook:        hook,
 	})
+	if len(cfg.Upstreams) > 0 {
+		up, err := newUpstreamState(s, cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.up = up
+		if cfg.Registry != nil {
+			if err := up.cluster.Register(cfg.Registry); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if cfg.Registry != nil {
 		m, err := newMetrics(s, cfg.Registry)
 		if err != nil {
@@ -220,6 +243,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-done
 		errs = append(errs, ctx.Err())
+	}
+	if s.up != nil {
+		// After the connections: none is waiting on an upstream any more.
+		if err := s.up.cluster.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close upstreams: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -69,7 +69,7 @@ func (s *Server) generalStats() []stat {
 	if s.isClosed() {
 		accepting = "0"
 	}
-	return []stat{
+	return append([]stat{
 		{"pid", strconv.Itoa(os.Getpid())},
 		{"uptime", i64(int64(now.Sub(s.started).Seconds()))},
 		{"time", i64(now.Unix())},
@@ -120,7 +120,7 @@ func (s *Server) generalStats() []stat {
 		{"kernel_bytes_sent", u64(ks.BytesSent)},
 		{"kernel_errors", u64(st.kernelErrors.Load())},
 		{"xdpcache_version", s.cfg.Version},
-	}
+	}, s.upstreamStats()...)
 }
 
 func leftPad(s string, n int) string {

@@ -25,6 +25,10 @@ const (
 // get runs get, gets, gat and gats: "get <key>*", "gat <exptime> <key>*".
 func (c *session) get(cmd cmdID, withCAS, touch bool) {
 	c.cmd = cmd
+	if c.s.up != nil {
+		c.upGet(withCAS, touch)
+		return
+	}
 	t := &c.tok
 	first := 1
 	var exptime int64
@@ -75,14 +79,9 @@ func (c *session) getKey(key []byte, withCAS, touch bool, exptime int64) bool {
 		return false
 	}
 	s := c.s
-	s.st.cmdGet.Add(1)
-	if touch {
-		s.st.cmdTouch.Add(1)
-	}
 	k := str(key)
 	hit := false
-	switch {
-	case touch:
+	if touch {
 		// gat changes the item's expiry: a Modify, so the kernel copy is dropped before we reply.
 		_, _ = s.store.Do(k, func(cur *cache.Item) (*cache.Item, cache.Op) {
 			if cur == nil {
@@ -95,7 +94,19 @@ func (c *session) getKey(key []byte, withCAS, touch bool, exptime int64) bool {
 			cur.LastAccess = s.store.Now().Unix()
 			return nil, cache.Modify
 		})
-	case c.udp && s.kernel != nil:
+	} else {
+		hit = c.readKey(k, key, withCAS)
+	}
+	c.countGet(touch, hit)
+	return true
+}
+
+// readKey appends key's VALUE if the store holds it (k is key as a string) and reports whether
+// it did. A UDP hit is offered to the kernel.
+func (c *session) readKey(k string, key []byte, withCAS bool) bool {
+	s := c.s
+	hit := false
+	if c.udp && s.kernel != nil {
 		// Offer the hit to the kernel under the key's lock, with the live item, so a fill can
 		// never install a value older than the store's.
 		_, _ = s.store.Do(k, func(cur *cache.Item) (*cache.Item, cache.Op) {
@@ -115,11 +126,21 @@ func (c *session) getKey(key []byte, withCAS, touch bool, exptime int64) bool {
 			}
 			return nil, cache.Keep
 		})
-	default:
-		if it, ok := s.store.Get(k); ok {
-			hit = true
-			c.out = protocol.AppendValue(c.out, k, it.Flags, it.Value, it.CAS, withCAS)
-		}
+		return hit
+	}
+	if it, ok := s.store.Get(k); ok {
+		c.out = protocol.AppendValue(c.out, k, it.Flags, it.Value, it.CAS, withCAS)
+		return true
+	}
+	return false
+}
+
+// countGet counts one key of a retrieval command, hit or miss.
+func (c *session) countGet(touch, hit bool) {
+	s := c.s
+	s.st.cmdGet.Add(1)
+	if touch {
+		s.st.cmdTouch.Add(1)
 	}
 	if hit {
 		s.st.getHits.Add(1)
@@ -140,7 +161,6 @@ func (c *session) getKey(key []byte, withCAS, touch bool, exptime int64) bool {
 			s.metrics.count(c.cmd, statusMiss)
 		}
 	}
-	return true
 }
 
 // update runs the storage commands: "<cmd> <key> <flags> <exptime> <bytes> [<cas>] [noreply]"
@@ -189,7 +209,8 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 		casIn = v
 	}
 	s := c.s
-	if int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
+	// Upstream mode: the upstream's item size limit applies, not ours.
+	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
 		s.st.storeTooLarge.Add(1)
 		if cmd == cmdSet {
 			// A failed set must not leave the older value readable (memcached unlinks it).
@@ -206,6 +227,10 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 		return vlen + 2, 0
 	}
 	value := data[:vlen]
+	if s.up != nil {
+		c.upStore(cmd, key, value)
+		return vlen + 2, 0
+	}
 	res := c.store(cmd, string(key), flags, s.store.Exptime(int64(rawExp)), value, casIn)
 	c.reply(res)
 	return vlen + 2, 0
@@ -300,6 +325,10 @@ func (c *session) arith(cmd cmdID) {
 	if !ok {
 		c.status = statusClientError
 		c.reply(badDelta)
+		return
+	}
+	if c.s.up != nil {
+		c.upArith(cmd, key)
 		return
 	}
 	var buf [20]byte
@@ -412,6 +441,10 @@ func (c *session) delete() {
 		c.reply(badFormat)
 		return
 	}
+	if c.s.up != nil {
+		c.upDelete(key)
+		return
+	}
 	if c.s.deleteKey(str(key)) {
 		c.s.st.deleteHits.Add(1)
 		c.status = statusDeleted
@@ -452,6 +485,10 @@ func (c *session) touch() {
 	}
 	s := c.s
 	s.st.cmdTouch.Add(1)
+	if s.up != nil {
+		c.upTouch(key)
+		return
+	}
 	exp := s.store.Exptime(int64(raw))
 	found := false
 	_, _ = s.store.Do(str(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
@@ -498,6 +535,10 @@ func (c *session) flushAll() {
 	if raw > 0 {
 		// Relative up to 30 days, absolute beyond, like an exptime.
 		delay = time.Duration(s.store.Exptime(int64(raw))-s.store.Now().Unix()) * time.Second
+	}
+	if s.up != nil {
+		c.upFlushAll(delay)
+		return
 	}
 	s.store.FlushAll(delay)
 	c.status = statusOK

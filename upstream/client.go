@@ -461,11 +461,12 @@ func firstLine(b []byte) []byte {
 	return bytes.TrimRight(b, "\r")
 }
 
-// Get fetches keys with one pipelined round trip. Values are in the order of keys.
-func (s *Server) Get(keys [][]byte) ([]Value, error) {
+// Get fetches keys with one pipelined round trip. Values are in the order of keys. A non-nil
+// touch is a raw exptime token that each found item is given as well (gat).
+func (s *Server) Get(keys [][]byte, touch []byte) ([]Value, error) {
 	var req []byte
 	for _, k := range keys {
-		req = AppendGet(req, k, nil)
+		req = AppendGet(req, k, touch)
 	}
 	replies, err := s.Do(req, len(keys))
 	if err != nil {
