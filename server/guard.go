@@ -267,22 +267,31 @@ func (s *Server) Refused() map[string]uint64 {
 	return out
 }
 
-// guardCollector exports the refusals as xdpcache_udp_refused_total{reason}.
+// guardCollector exports the UDP refusals as xdpcache_udp_refused_total{reason} and the TCP
+// connections closed for hostile behaviour as xdpcache_tcp_closed_total{reason}.
 type guardCollector struct {
-	g    *guard
-	desc *prometheus.Desc
+	s               *Server
+	refused, closed *prometheus.Desc
 }
 
-func (g *guard) collector() prometheus.Collector {
-	return guardCollector{g: g, desc: prometheus.NewDesc("xdpcache_udp_refused_total",
-		"UDP datagrams the server dropped unanswered: source not allowed, source over its rate, or reply over the amplification cap.",
-		[]string{"reason"}, nil)}
+func (s *Server) guardCollector() prometheus.Collector {
+	return guardCollector{s: s,
+		refused: prometheus.NewDesc("xdpcache_udp_refused_total",
+			"UDP datagrams the server dropped unanswered: source not allowed, source over its rate, or reply over the amplification cap.",
+			[]string{"reason"}, nil),
+		closed: prometheus.NewDesc("xdpcache_tcp_closed_total",
+			"TCP connections the server closed: idle past the idle timeout, not reading replies past the write timeout, or over the read buffer limit.",
+			[]string{"reason"}, nil),
+	}
 }
 
-func (c guardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c guardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.refused; ch <- c.closed }
 
 func (c guardCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, n := range refuseNames {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.g.refused[i].Load()), n)
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.guard.refused[i].Load()), n)
+	}
+	for i, n := range closeNames {
+		ch <- prometheus.MustNewConstMetric(c.closed, prometheus.CounterValue, float64(c.s.tcpLim.closed[i].Load()), n)
 	}
 }

@@ -78,6 +78,18 @@ type Config struct {
 	Burst int
 	// MaxAmplification caps a UDP reply's bytes at this many times its request's; 0 means off.
 	MaxAmplification float64
+
+	// TCP limits against hostile clients (tcp.go).
+	// IdleTimeout closes a TCP connection that has completed no request for this long, as
+	// memcached's -o idle_timeout; 0 means never, memcached's default.
+	IdleTimeout time.Duration
+	// WriteTimeout closes a TCP connection whose client takes none of a pending reply for this
+	// long; 0 means DefaultWriteTimeout, negative means never.
+	WriteTimeout time.Duration
+	// ReadBufferLimit bounds the bytes all TCP connections together hold in read buffers grown
+	// past their first 16 KiB (long multi-key gets, large values); 0 means
+	// max(64 MiB, 8 * MaxItemSize).
+	ReadBufferLimit int64
 }
 
 // Server is a memcached-compatible server over one cache.Store.
@@ -101,6 +113,9 @@ type Server struct {
 	udpConns  map[*net.UDPConn]struct{}
 	conns     map[net.Conn]*tcpConn
 	wg        sync.WaitGroup
+
+	// tcpLim is the TCP hostile-client accounting (tcp.go).
+	tcpLim tcpLimits
 }
 
 // New builds a server and its store. The store's hook is wired to the kernel cache, if any.
@@ -131,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	g, err := newGuard(cfg)
 	if err != nil {
+		return nil, fmt.Errorf("check config: %w", err)
+	}
+	if err := tcpDefaults(&cfg); err != nil {
 		return nil, fmt.Errorf("check config: %w", err)
 	}
 	s := &Server{
@@ -169,7 +187,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 		s.metrics = m
-		if err := cfg.Registry.Register(g.collector()); err != nil {
+		if err := cfg.Registry.Register(s.guardCollector()); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}

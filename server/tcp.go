@@ -17,6 +17,65 @@ const (
 // tooManyConns is what memcached writes to a connection over the limit before closing it.
 const tooManyConns = "ERROR Too many open connections\r\n"
 
+// outOfMemoryReading is memcached's reply when it cannot buffer a request.
+const outOfMemoryReading = "SERVER_ERROR out of memory reading request\r\n"
+
+// DefaultWriteTimeout is how long a client may leave a reply untaken before its connection is
+// closed. memcached has no such limit, but then it never blocks a thread on one client: here a
+// client that stops reading holds a goroutine, up to one flush of replies (256 KiB plus an item)
+// and a connection slot; 30 s is far longer than any live client pauses, and short enough that
+// a few hundred such clients cannot hold -c for long.
+const DefaultWriteTimeout = 30 * time.Second
+
+// Reasons a connection is closed by the server, for xdpcache_tcp_closed_total.
+const (
+	closeIdle = iota
+	closeWriteTimeout
+	closeReadBuffer
+	numCloseReasons
+)
+
+var closeNames = [numCloseReasons]string{"idle", "write_timeout", "read_buffer"}
+
+// tcpLimits is the server-wide accounting against hostile TCP clients.
+type tcpLimits struct {
+	// readBufs is the bytes of read buffers grown past readBufSize, bounded by ReadBufferLimit:
+	// without it, every connection could hold a 2 MiB unfinished get line (4 MiB of buffer) and
+	// -c 1024 of them would hold 4 GiB.
+	readBufs atomic.Int64
+	closed   [numCloseReasons]atomic.Uint64
+}
+
+func tcpDefaults(cfg *Config) error {
+	switch {
+	case cfg.IdleTimeout < 0:
+		return fmt.Errorf("negative idle timeout %v", cfg.IdleTimeout)
+	case cfg.ReadBufferLimit < 0:
+		return fmt.Errorf("negative read buffer limit %d", cfg.ReadBufferLimit)
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.ReadBufferLimit == 0 {
+		cfg.ReadBufferLimit = max(64<<20, 8*cfg.MaxItemSize)
+	}
+	return nil
+}
+
+// growReadBuf reserves the bytes a connection's read buffer grows by; false if over the limit.
+func (s *Server) growReadBuf(from, to int) bool {
+	d := int64(max(to, readBufSize) - max(from, readBufSize))
+	if d <= 0 {
+		s.tcpLim.readBufs.Add(d)
+		return true
+	}
+	if s.tcpLim.readBufs.Add(d) > s.cfg.ReadBufferLimit {
+		s.tcpLim.readBufs.Add(-d)
+		return false
+	}
+	return true
+}
+
 // tcpConn is one client connection.
 type tcpConn struct {
 	s        *Server
@@ -92,10 +151,15 @@ func (c *tcpConn) serve() {
 		_ = tc.SetNoDelay(true)
 	}
 	buf := make([]byte, readBufSize)
+	defer func() { s.growReadBuf(len(buf), 0) }()
 	r, w := 0, 0
+	lastReq := time.Now() // idle time counts from the last completed request, as memcached's
 	for {
 		n, act := ss.process(buf[r:w])
 		r += n
+		if n > 0 && s.cfg.IdleTimeout > 0 {
+			lastReq = time.Now()
+		}
 		if len(ss.out) > 0 {
 			if !c.write(ss) {
 				return
@@ -111,19 +175,31 @@ func (c *tcpConn) serve() {
 		if r == w {
 			r, w = 0, 0
 			if len(buf) > maxIdleReadBuf {
+				s.growReadBuf(len(buf), readBufSize)
 				buf = make([]byte, readBufSize)
 			}
 		}
 		need := max(ss.need, w-r+1)
 		if need > len(buf)-r {
 			if need > len(buf) {
-				nb := make([]byte, max(need, 2*len(buf)))
+				size := max(need, 2*len(buf))
+				if !s.growReadBuf(len(buf), size) {
+					s.tcpLim.closed[closeReadBuffer].Add(1)
+					ss.out = append(ss.out[:0], outOfMemoryReading...)
+					c.write(ss)
+					return
+				}
+				nb := make([]byte, size)
 				w = copy(nb, buf[r:w])
 				buf = nb
 			} else {
 				w = copy(buf, buf[r:w])
 			}
 			r = 0
+		}
+		if s.cfg.IdleTimeout > 0 {
+			// Set before the stopping check: a Shutdown after it still wakes the read.
+			_ = c.nc.SetReadDeadline(lastReq.Add(s.cfg.IdleTimeout))
 		}
 		if c.stopping.Load() {
 			return
@@ -134,15 +210,35 @@ func (c *tcpConn) serve() {
 			s.st.bytesRead.Add(uint64(m))
 		}
 		if err != nil && m == 0 {
+			if s.cfg.IdleTimeout > 0 && isTimeout(err) && !c.stopping.Load() {
+				s.tcpLim.closed[closeIdle].Add(1)
+			}
 			return
 		}
 	}
 }
 
-// write sends the session's replies; false means the connection is gone.
+// write sends the session's replies; false means the connection is gone, or its client took
+// nothing for WriteTimeout (a slow reader that makes progress gets a fresh timeout each time).
 func (c *tcpConn) write(ss *session) bool {
-	n, err := c.nc.Write(ss.out)
-	c.s.st.bytesWritten.Add(uint64(n))
+	wt := c.s.cfg.WriteTimeout
+	out := ss.out
+	var err error
+	for len(out) > 0 {
+		if wt > 0 {
+			_ = c.nc.SetWriteDeadline(time.Now().Add(wt))
+		}
+		var n int
+		n, err = c.nc.Write(out)
+		c.s.st.bytesWritten.Add(uint64(n))
+		out = out[n:]
+		if err == nil || n == 0 || !isTimeout(err) {
+			break
+		}
+	}
+	if err != nil && isTimeout(err) {
+		c.s.tcpLim.closed[closeWriteTimeout].Add(1)
+	}
 	if cap(ss.out) > 1<<20 {
 		ss.out = make([]byte, 0, 4096)
 	} else {
