@@ -36,7 +36,7 @@ check-generated: generate ## Fail if the committed bpf2go output differs from a 
 test: deps ## Run every test (as root, privileged BPF/XDP/netns tests included) and a short fuzz run.
 	$(MAKE) check-generated
 	$(MAKE) lint
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
 	$(MAKE) fuzz-short
 
 fuzz-short: ## Run each fuzz target briefly.
