@@ -131,7 +131,8 @@ func (s *Server) Up() bool { return s.up.Load() }
 func (s *Server) Count(st Status) uint64 { return s.counts[st].Load() }
 
 // Do writes req (n complete requests) and reads n replies. A reply is one line, and for a line
-// starting "VA <size>" the data block after it. Each returned reply slices one buffer and
+// starting "VA <size>" the data block after it: the replies of the meta commands and of every
+// text command except the retrieval ones (get, gets, gat, gats), which callers must not send. Each returned reply slices one buffer and
 // includes its line ends.
 func (s *Server) Do(req []byte, n int) ([][]byte, error) {
 	start := time.Now()
@@ -367,7 +368,7 @@ type Value struct {
 	Value []byte
 }
 
-// AppendGet appends the request whose reply ParseValue reads: "mg <key> v f t c[ T<touch>]".
+// AppendGet appends the request whose reply ParseValue reads: "mg <key>[ T<touch>] v f t c".
 // touch, if not nil, is a raw exptime token: the request then also sets the item's expiry, as
 // gat does. A key with bytes the meta protocol cannot carry as text is sent base64-encoded.
 func AppendGet(dst, key, touch []byte) []byte {
@@ -378,14 +379,14 @@ func AppendGet(dst, key, touch []byte) []byte {
 	} else {
 		dst = append(dst, key...)
 	}
-	dst = append(dst, " v f t c"...)
 	if bin {
 		dst = append(dst, " b"...)
 	}
+	// Flags act in order: T first, so that t reports the new TTL.
 	if touch != nil {
 		dst = append(append(dst, " T"...), touch...)
 	}
-	return append(dst, "\r\n"...)
+	return append(dst, " v f t c\r\n"...)
 }
 
 // textKey reports whether key can be sent as it is in a meta request.
