@@ -5,15 +5,15 @@
 //
 // # Placement: ketama
 //
-// Keys are spread with ketama consistent hashing, as libketama defined it and libmemcached and
-// twemproxy use it: each server contributes 160 points to a ring of uint32 values. The points come
-// from MD5 digests of "<host:port>-<i>" for i = 0..39; each 16-byte digest gives four points, bytes
-// 4h..4h+3 read little-endian. A key hashes to the first four bytes of MD5(key), little-endian, and
-// belongs to the server of the first point at or after that value, wrapping to the ring's first
-// point. Adding an (n+1)th server therefore moves about 1/(n+1) of the keys, all of them to the
-// new server; removing one moves only its own keys. libmemcached names a server on the default
-// port 11211 "<host>" rather than "<host>:11211" in these strings; we always write the port, as
-// libketama does, so on port 11211 placements match libketama, elsewhere both.
+// Keys are spread with ketama consistent hashing, as libketama defined it and libmemcached
+// (MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, equal weights) computes it: each server contributes 160
+// points to a ring of uint32 values. The points come from MD5 digests of "<name>-<i>" for
+// i = 0..39, where name is "host:port", or just "host" on the default port 11211 (libmemcached's
+// rule); each 16-byte digest gives four points, bytes 4h..4h+3 read little-endian. A key hashes
+// to the first four bytes of MD5(key), little-endian, and belongs to the server of the first point
+// at or after that value, wrapping to the ring's first point. Adding an (n+1)th server therefore
+// moves about 1/(n+1) of the keys, all of them to the new server; removing one moves only its own
+// keys. Tests check placements against libmemcached's own output (testdata/).
 //
 // # Failure
 //

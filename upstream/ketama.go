@@ -3,6 +3,7 @@ package upstream
 import (
 	"crypto/md5"
 	"encoding/binary"
+	"net"
 	"slices"
 	"strconv"
 )
@@ -29,8 +30,9 @@ func NewRing(addrs []string) *Ring {
 	r := &Ring{addrs: slices.Clone(addrs), points: make([]point, 0, len(addrs)*PointsPerServer)}
 	var buf []byte
 	for i, a := range addrs {
+		name := pointName(a)
 		for k := 0; k < PointsPerServer/4; k++ {
-			buf = strconv.AppendInt(append(append(buf[:0], a...), '-'), int64(k), 10)
+			buf = strconv.AppendInt(append(append(buf[:0], name...), '-'), int64(k), 10)
 			d := md5.Sum(buf)
 			for h := 0; h < 4; h++ {
 				r.points = append(r.points, point{binary.LittleEndian.Uint32(d[4*h:]), i})
@@ -54,6 +56,15 @@ func NewRing(addrs []string) *Ring {
 		return 0
 	})
 	return r
+}
+
+// pointName is the server's name in the strings hashed for its points: "host:port", or "host"
+// on memcached's default port 11211, as libmemcached writes it.
+func pointName(addr string) string {
+	if host, port, err := net.SplitHostPort(addr); err == nil && port == "11211" {
+		return host
+	}
+	return addr
 }
 
 // HashKey is ketama's key hash: the first four bytes of MD5(key), little-endian.

@@ -1,9 +1,12 @@
 package upstream
 
 import (
+	"bufio"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -127,5 +130,42 @@ func TestRingPickBoundaries(t *testing.T) {
 	}
 	if NewRing(nil).Pick([]byte("k")) != -1 {
 		t.Fatal("empty ring picked a server")
+	}
+}
+
+// Placements of 2000 keys over five servers, as libmemcached 1.1.4 computes them with
+// MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (testdata/ketama_libmemcached.c generated the files): on
+// ports other than 11211, and all on 11211, where libmemcached leaves the port out of the names.
+func TestRingMatchesLibmemcached(t *testing.T) {
+	for _, file := range []string{"testdata/ketama_libmemcached.txt", "testdata/ketama_libmemcached_11211.txt"} {
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatalf("open reference: %v", err)
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		if !sc.Scan() {
+			t.Fatalf("%s: empty", file)
+		}
+		servers := strings.Fields(sc.Text())[1:]
+		r := NewRing(servers)
+		n, mismatches := 0, 0
+		for sc.Scan() {
+			var key string
+			var want int
+			if _, err := fmt.Sscanf(sc.Text(), "%s %d", &key, &want); err != nil {
+				t.Fatalf("%s: parse %q: %v", file, sc.Text(), err)
+			}
+			n++
+			if got := r.Pick([]byte(key)); got != want {
+				mismatches++
+				if mismatches <= 5 {
+					t.Errorf("%s: %s on %s, libmemcached says %s", file, key, servers[got], servers[want])
+				}
+			}
+		}
+		if n != 2000 || mismatches > 0 {
+			t.Fatalf("%s: %d keys, %d placed differently from libmemcached", file, n, mismatches)
+		}
 	}
 }
