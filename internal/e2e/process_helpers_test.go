@@ -1,0 +1,318 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdpcache/xdpcache/bpf"
+	"github.com/xdpcache/xdpcache/internal/netns"
+	"github.com/xdpcache/xdpcache/internal/testenv"
+)
+
+// Helpers for tests that run the real `xdpcache serve` binary in the server namespace.
+
+const metricsPort = 9150
+
+// newBareRig is the veth pair with XDP_PASS on the client side and no server: the test starts
+// `xdpcache serve` itself. Its rig has no kernel and no in-process server.
+func newBareRig(t *testing.T) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	pair, err := netns.NewPair("xcproc")
+	if err != nil {
+		t.Fatalf("create namespaces: %v", err)
+	}
+	t.Cleanup(func() { pair.Close() })
+	if err := pair.Client.Do(func() error {
+		pass, err := bpf.LoadPass()
+		if err != nil {
+			return err
+		}
+		defer pass.Close()
+		idx, err := pair.Client.Ifindex(pair.ClientIf)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: idx, Flags: link.XDPDriverMode})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	}); err != nil {
+		t.Fatalf("attach XDP_PASS to the client veth: %+v", err)
+	}
+	return &rig{pair: pair, addr: netip.AddrPortFrom(netns.ServerIPv4, testPort)}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// xdpcacheBinary builds cmd/xdpcache once per test run, or returns $XDPCACHE_BIN if set (a
+// binary built elsewhere, for instance from a clean checkout while the tree is being edited).
+func xdpcacheBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("XDPCACHE_BIN"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "xdpcache-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "xdpcache")
+		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/xdpcache").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/xdpcache: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// serveProc is a running `xdpcache serve` in the server namespace.
+type serveProc struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	err  error // Wait's result, once done is closed
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServe runs serve on the server veth (native XDP, replies marked, admission always, metrics
+// on) plus extra flags, and waits until it answers TCP and the program is attached.
+func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
+	t.Helper()
+	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve",
+		"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
+		"--xdp-iface", r.pair.ServerIf, "--xdp-mode", "native", "--mark-kernel-replies", strconv.Itoa(testDSCP),
+		"--admission", "always", "--metrics-addr", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort),
+		"--log-format", "json"}, extra...)
+	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start serve: %v", err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("serve output:\n%s", tail(p.log.String(), 4096))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			t.Fatalf("serve exited before it was ready: %v\n%s", p.err, tail(p.log.String(), 4096))
+		default:
+		}
+		if r.serveReady() {
+			if r.xdpAttached(t) {
+				return p
+			}
+			// serve runs on without the kernel path when it cannot load or attach it.
+			if out := p.log.String(); strings.Contains(out, "kernel path off") {
+				t.Fatalf("serve started without the kernel path:\n%s", tail(out, 2048))
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve not ready after 15 s:\n%s", tail(p.log.String(), 4096))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// serveReady reports whether the server answers `version` over TCP from the client namespace.
+func (r *rig) serveReady() bool {
+	var ok bool
+	_ = r.pair.Client.Do(func() error {
+		c, err := net.DialTimeout("tcp", r.addr.String(), 200*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("version\r\n")); err != nil {
+			return err
+		}
+		l, err := bufio.NewReader(c).ReadString('\n')
+		ok = err == nil && strings.HasPrefix(l, "VERSION ")
+		return nil
+	})
+	return ok
+}
+
+// xdpAttached reports whether an XDP program is attached to the server veth.
+func (r *rig) xdpAttached(t *testing.T) bool {
+	t.Helper()
+	var attached bool
+	if err := r.pair.Server.Do(func() error {
+		l, err := netlink.LinkByName(r.pair.ServerIf)
+		if err != nil {
+			return err
+		}
+		x := l.Attrs().Xdp
+		attached = x != nil && (x.Attached || x.ProgId != 0)
+		return nil
+	}); err != nil {
+		t.Fatalf("read %s: %v", r.pair.ServerIf, err)
+	}
+	return attached
+}
+
+// signal sends sig and waits up to limit for the process to exit.
+func (p *serveProc) signal(t *testing.T, sig syscall.Signal, limit time.Duration) error {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("send %v: %v", sig, err)
+	}
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(limit):
+		t.Fatalf("serve still running %v after %v", limit, sig)
+		return nil
+	}
+}
+
+// rss is the process's resident set in bytes, from /proc/PID/status.
+func (p *serveProc) rss(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("read status: %v", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
+			n, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("parse %q: %v", l, err)
+			}
+			return n << 10
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", p.cmd.Process.Pid)
+	return 0
+}
+
+// metric scrapes serve's /metrics from the client namespace and returns the unlabelled sample
+// of name.
+func (r *rig) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	// A plain HTTP/1.0 request on a connection dialled inside the namespace: http.Transport
+	// would dial from another goroutine, outside it.
+	var body []byte
+	if err := r.pair.Client.Do(func() error {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte("GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /metrics: %s", resp.Status)
+		}
+		body, err = io.ReadAll(resp.Body)
+		return err
+	}); err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	for _, l := range strings.Split(string(body), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatalf("parse %q: %v", l, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("metric %s not in the scrape:\n%s", name, tail(string(body), 2048))
+	return 0
+}
+
+// statValue reads one `stats` field over a text connection.
+func (c *textClient) stat(t *testing.T, name string) int64 {
+	t.Helper()
+	_ = c.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.conn.Write([]byte("stats\r\n")); err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	var val int64 = -1
+	for {
+		l, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read stats: %v", err)
+		}
+		if l == "END\r\n" {
+			break
+		}
+		if f := strings.Fields(l); len(f) == 3 && f[1] == name {
+			val, _ = strconv.ParseInt(f[2], 10, 64)
+		}
+	}
+	if val < 0 {
+		t.Fatalf("stats lack %s", name)
+	}
+	return val
+}
+
+// tail is the end of a long log, for failure messages.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
