@@ -20,14 +20,14 @@ import (
 // mcProc is a memcached process on a fixed loopback port (TCP only), which a test can kill and
 // start again on the same port.
 type mcProc struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	port int
 	addr string
 	cmd  *exec.Cmd
 }
 
-func startUpstream(t *testing.T) *mcProc {
+func startUpstream(t testing.TB) *mcProc {
 	t.Helper()
 	m := &mcProc{t: t, bin: testenv.LookPath(t, "memcached"), port: freePort(t)}
 	m.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port))
