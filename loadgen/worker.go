@@ -2,7 +2,6 @@ package loadgen
 
 import (
 	"math"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -139,12 +138,6 @@ func (w *worker) runSender() error {
 }
 
 func (w *worker) runOpen() error {
-	// Go's timers wake up to a millisecond late here; a thread of our own with a 1 ns timer slack
-	// sleeps to within tens of microseconds, and the last stretch is spun.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0) // best effort: only precision suffers
-
 	ops := make([]op, 0, w.batch)
 	// Without a warmup the schedule starts with the window, however late this goroutine runs.
 	start := w.ctl.now()
@@ -218,14 +211,23 @@ func (w *worker) waitUntil(t int64) {
 		}
 		switch {
 		case d > 2*spinBelow:
-			// Go's timers fire up to a millisecond late, so the thread sleeps in the kernel.
-			// Waking a little early and spinning the rest trades a few µs of CPU per request
-			// for precision; spinning whole gaps would starve the server on a small machine.
+			// Go's timers fire up to a millisecond late, so the thread sleeps in the kernel,
+			// with a 1 ns timer slack (the default 50 µs would be added to every wake-up). The
+			// goroutine is not locked to a thread: a locked one pays a thread handoff at each
+			// reschedule, which stalled the sender on a busy machine; so the slack is set on
+			// whichever thread sleeps. Waking a little early and spinning the rest trades a few
+			// µs of CPU per request for precision; spinning whole gaps would starve the server
+			// on a small machine.
+			_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0) // best effort: only precision suffers
 			ts := unix.NsecToTimespec(int64(min(d-spinBelow, maxChunk)))
 			_ = unix.Nanosleep(&ts, nil) // EINTR only shortens the sleep
 		default:
-			w.tr.poll()
-			runtime.Gosched()
+			// Spin without yielding: the wait is under 2*spinBelow, and preemption keeps the
+			// scheduler fair. With a single P the receiver cannot run meanwhile, so take its
+			// replies here.
+			if w.singleP {
+				w.tr.poll()
+			}
 		}
 	}
 }
