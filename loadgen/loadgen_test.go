@@ -416,3 +416,28 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestWarmupSettle simulates a kernel cache that fills 1.5 s into the run: every hit is a user hit
+// before, a kernel hit after. A settling warmup must wait for the kernel share to stop moving, so
+// the measured window sees kernel hits only; a fixed short warmup would not.
+func TestWarmupSettle(t *testing.T) {
+	f := newFakeUDP(t, "udp4", "127.0.0.1:0")
+	f.dscp = 10
+	f.hasKey = func(uint64) bool { return true }
+	start := time.Now()
+	f.markKey = func(uint64) bool { return time.Since(start) > 1500*time.Millisecond }
+	f.serve()
+	cfg := quick(f.addr())
+	cfg.KernelDSCP = 10
+	cfg.Warmup = 200 * time.Millisecond
+	cfg.WarmupSettle = 0.01
+	cfg.WarmupMax = 10 * time.Second
+	cfg.Duration = 500 * time.Millisecond
+	rep := run(t, cfg)
+	if rep.KernelShare < 0.99 {
+		t.Errorf("kernel share %.3f after a settling warmup, want all kernel hits", rep.KernelShare)
+	}
+	if el := time.Since(start); el < 2500*time.Millisecond {
+		t.Errorf("run took %s: the warmup cannot have waited for the switch at 1.5 s to settle", el)
+	}
+}
