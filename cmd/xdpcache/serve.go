@@ -39,6 +39,10 @@ type serveFlags struct {
 	kernelEntries    int
 	admission        string
 	metricsAddr      string
+	upstreams        []string
+	kernelMaxAge     time.Duration
+	upstreamDial     time.Duration
+	upstreamTimeout  time.Duration
 	logLevel, logFmt string
 	shutdownTimeout  time.Duration
 }
@@ -73,6 +77,10 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl.Int64Var(&f.kernelCacheMiB, "kernel-cache-mb", 64, "kernel cache budget in MiB of entries")
 	fl.IntVar(&f.kernelEntries, "kernel-cache-entries", 262144, "kernel cache entry limit")
 	fl.StringVar(&f.admission, "admission", "frequency", "which UDP GET hits enter the kernel cache: always, or frequency (keys seen repeatedly)")
+	fl.StringSliceVar(&f.upstreams, "upstream", nil, "front these memcached servers (HOST:PORT[,...]): keys placed by ketama, misses fetched, writes forwarded (docs/UPSTREAM.md)")
+	fl.DurationVar(&f.kernelMaxAge, "kernel-max-age", time.Second, "with --upstream: longest a fetched value is served locally or by the kernel (other clients may write upstream directly)")
+	fl.DurationVar(&f.upstreamDial, "upstream-dial-timeout", 500*time.Millisecond, "with --upstream: connect timeout")
+	fl.DurationVar(&f.upstreamTimeout, "upstream-timeout", time.Second, "with --upstream: timeout of one request; then that upstream is marked down and probed every second")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFmt, "log-format", "console", "console or json")
@@ -119,6 +127,11 @@ func runServe(ctx context.Context, f serveFlags) error {
 		Kernel:      kernel,
 		Registry:    reg,
 		Version:     "xdpcache-" + version,
+
+		Upstreams:           f.upstreams,
+		KernelMaxAge:        f.kernelMaxAge,
+		UpstreamDialTimeout: f.upstreamDial,
+		UpstreamTimeout:     f.upstreamTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
