@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,10 +264,19 @@ func (g *udpGetter) do(payload string) (reply string, kernel bool, err error) {
 // be reclaimed, since Shutdown leaves its UDP socket open. Clients made afterwards use the new address.
 func (r *rig) restartServer(t testing.TB, kernel server.KernelCache) {
 	t.Helper()
+	r.restartServerWith(t, server.Config{Kernel: kernel})
+}
+
+// restartServerWith is restartServer with more of the server's configuration.
+func (r *rig) restartServerWith(t testing.TB, cfg server.Config) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := r.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("shut down the rig's server: %v", err)
+	}
+	if uc, ok := restartedUDP.LoadAndDelete(r.srv); ok {
+		uc.(*net.UDPConn).Close() // a server restarted here before: free its address
 	}
 	if err := r.kernel.Flush(time.Now()); err != nil {
 		t.Fatalf("flush the kernel cache: %v", err)
@@ -284,12 +294,13 @@ func (r *rig) restartServer(t testing.TB, kernel server.KernelCache) {
 		t.Fatalf("listen again: %v", err)
 	}
 	t.Cleanup(func() { udp.Close() })
-	srv, err := server.New(server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64,
-		Kernel: kernel, Version: "xdpcache-test"})
+	cfg.MemoryLimit, cfg.MaxItemSize, cfg.ConnLimit, cfg.Version = 64<<20, 1<<20, 64, "xdpcache-test"
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
 	r.srv = srv
+	restartedUDP.Store(srv, udp)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.ServeTCP(tcp) }()
 	go func() { errc <- srv.ServeUDP(udp) }()
@@ -306,6 +317,9 @@ func (r *rig) restartServer(t testing.TB, kernel server.KernelCache) {
 		}
 	})
 }
+
+// restartedUDP holds the UDP sockets of servers started by restartServer (Shutdown leaves them open).
+var restartedUDP sync.Map
 
 // forgetfulKernel is a deliberately broken kernel cache: it drops every Invalidate, so the kernel
 // keeps serving values that writes have replaced. The linearizability check must catch it.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/server"
 )
 
@@ -397,4 +399,41 @@ func TestHostileConnFlood(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	probe(t, dialLoop(t, addr), 2, time.Second)
+}
+
+// Not a reflector, userspace side, over the veth pair: a client whose source is outside the
+// allow-list gets no reply, so its key is never offered to the kernel either; the refusals are
+// counted. The same client inside the list is answered.
+func TestUDPSourceOutsideAllowList(t *testing.T) {
+	r := newRig(t, "always")
+	// Only the server's own address may ask: the client namespace is outside.
+	r.restartServerWith(t, server.Config{Kernel: r.kernel,
+		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ServerIPv6, 128)}})
+	tc := r.dialText(t)
+	if got, err := tc.line("set spoofed 0 0 5\r\nhello\r\n"); err != nil || got != "STORED" {
+		t.Fatalf("TCP set: %q %v", got, err)
+	}
+	hits := r.kernelHits(t)
+	g := r.udpGetter(t, 200*time.Millisecond)
+	const n = 5
+	for i := 0; i < n; i++ {
+		if reply, kernel, err := g.do("get spoofed\r\n"); !errors.Is(err, errUDPTimeout) {
+			t.Fatalf("get from outside the allow-list: %q kernel %v err %v, want no reply", reply, kernel, err)
+		}
+	}
+	if got := r.srv.Refused()["source"]; got != n {
+		t.Errorf("refused[source] = %d, want %d", got, n)
+	}
+	if got := r.kernelHits(t) - hits; got != 0 {
+		t.Errorf("the kernel answered %d gets for a key no allowed client asked for", got)
+	}
+
+	r.restartServerWith(t, server.Config{Kernel: r.kernel,
+		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ClientIPv6, 128)}})
+	tc = r.dialText(t)
+	tc.line("set spoofed 0 0 5\r\nhello\r\n")
+	g = r.udpGetter(t, time.Second)
+	if reply, _, err := g.do("get spoofed\r\n"); err != nil || reply != "VALUE spoofed 0 5\r\nhello\r\nEND\r\n" {
+		t.Fatalf("get from inside the allow-list: %q %v", reply, err)
+	}
 }
