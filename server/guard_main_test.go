@@ -1,0 +1,11 @@
+package server
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// No test may leave a connection, datagram loop or timer goroutine behind: the hostile-client
+// limits (write and idle timeouts) close connections from inside their goroutines.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
