@@ -109,12 +109,8 @@ func NewPair(prefix string) (p *Pair, err error) {
 func (p *Pair) Close() error {
 	var errs []error
 	for _, n := range []*NS{p.Server, p.Client} {
-		if n == nil {
-			continue
-		}
-		n.handle.Close()
-		if err := netns.DeleteNamed(n.Name); err != nil {
-			errs = append(errs, fmt.Errorf("delete netns %s: %w", n.Name, err))
+		if n != nil {
+			errs = append(errs, n.Close())
 		}
 	}
 	return errors.Join(errs...)
@@ -204,4 +200,41 @@ func randomSuffix() (string, error) {
 		return "", fmt.Errorf("random netns suffix: %w", err)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// NewIsolated creates one namespace holding only its own loopback, up. Tests that attach XDP to
+// lo use it so that they never meet each other, or a real deployment, on the host's lo.
+func NewIsolated(prefix string) (*NS, error) {
+	suffix, err := randomSuffix()
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNamed(prefix + "-" + suffix)
+	if err != nil {
+		return nil, err
+	}
+	h, err := netlink.NewHandleAt(n.handle)
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("netlink in %s: %w", n.Name, err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("bring up lo in %s: %w", n.Name, err)
+	}
+	return n, nil
+}
+
+// Close deletes a namespace made by NewIsolated.
+func (n *NS) Close() error {
+	n.handle.Close()
+	if err := netns.DeleteNamed(n.Name); err != nil {
+		return fmt.Errorf("delete netns %s: %w", n.Name, err)
+	}
+	return nil
 }

@@ -68,3 +68,46 @@ func TestPairCarriesUDP(t *testing.T) {
 		t.Fatalf("Ifindex(%s) = %d, %v", p.ServerIf, idx, err)
 	}
 }
+
+// TestIsolatedLoopback: a namespace of its own has a working lo that the root namespace does not
+// share, so XDP attached there cannot collide with another test's.
+func TestIsolatedLoopback(t *testing.T) {
+	testenv.RequireRoot(t)
+	n, err := NewIsolated("xct")
+	if err != nil {
+		t.Fatalf("NewIsolated: %v", err)
+	}
+	var srv *net.UDPConn
+	if err := n.Do(func() (err error) {
+		srv, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return err
+		}
+		c, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("x"))
+		return err
+	}); err != nil {
+		t.Fatalf("loopback inside the namespace: %v", err)
+	}
+	defer srv.Close()
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := srv.ReadFromUDP(make([]byte, 4)); err != nil {
+		t.Fatalf("receive on the namespace's lo: %v", err)
+	}
+	// The same port on the root namespace's lo is free: the two loopbacks are distinct.
+	root, err := net.ListenUDP("udp", srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatalf("the namespace's port is taken in the root namespace too: %v", err)
+	}
+	root.Close()
+	if idx, err := n.Ifindex("lo"); err != nil || idx != 1 {
+		t.Fatalf("Ifindex(lo) = %d, %v; want 1", idx, err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
