@@ -24,7 +24,7 @@ func loadBench(b *testing.B) *benchPrograms {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := newCache(Options{MaxEntries: 1024, MaxBytes: 4 << 20, Admission: AdmitAlways}, spec)
+	c, err := newCache(Options{MaxEntries: 1024, MaxBytes: 4 << 20, Admission: AdmitAlways, AllowSources: testClients}, spec)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,23 +5,25 @@
 // # How the kernel cache stays exact, consistent and untorn
 //
 // Entries are immutable. An entry holds the server's own reply bytes for one item
-// ("VALUE <key> <flags> <bytes>\r\n<value>\r\n", built with internal/protocol), the " <cas>" text
-// gets inserts after the header, the precomputed checksum sums of those pieces, the fill time and
-// the expiry (CLOCK_MONOTONIC ns). It lives in the hash map of its size class (data up to 128,
-// 256, 512, 1024 or 1392 bytes, BPF_F_NO_PREALLOC, so memory follows item size), keyed by a
-// version number that is never reused. The index map takes the FNV-1a hash of a key to the class
-// and version of its current entry.
+// ("VALUE <key> <flags> <bytes>\r\n<value>\r\n", built with internal/protocol, then "END\r\n"),
+// the gets header with the " <cas>" text gets inserts, the precomputed checksum sums of those
+// pieces, the fill time and the expiry (CLOCK_MONOTONIC ns). It lives in a chunk of the arena, an
+// ARRAY map of 64 KiB pages that userspace mmaps and writes in place; a page serves one size class
+// (chunks of 96 to 2048 bytes, about 1.4x apart) at a time, and returns to the common pool when
+// all its chunks are free, as memcached's slabs do. The index is an ARRAY of 4x MaxEntries slots
+// (rounded up to a power of two); a key lives in one of two slots chosen by its 64-bit hash, and
+// the slot holds the full hash and the arena offset of the key's entry. Every lookup on the hit
+// path is therefore an ARRAY lookup, which the verifier inlines.
 //
-//   - Fill (Offer): insert the new entry under a fresh version, then point the index at it. The
-//     kernel links a hash element only after copying its value, and replaces an index value by
-//     swapping in a new element, so a reader sees the old entry or the new one, whole.
-//   - Invalidate: delete the index element. Once the syscall returns, no lookup can reach the
-//     entry, so no packet processed afterwards is answered from it. If the delete fails, the
-//     fallback is a flush, a single store that cannot fail. The entry itself is deleted at least
-//     retireAfter later: a program run that read the index before the delete still reads an
-//     intact entry (the kernel may reuse a deleted element's memory at once).
-//   - Exact keys: the program compares the request key with the key inside the entry; a hash
-//     collision is a miss, never another key's value. Userspace keeps one key per hash.
+//   - Fill (Offer): write the new entry into a free chunk, then point the index slot at it (one
+//     map update). A chunk is handed out again only retireAfter after its entry left the index,
+//     so a reader sees the old entry or the new one, whole.
+//   - Invalidate: clear the index slot. Once the syscall returns, no lookup can reach the entry,
+//     so no packet processed afterwards is answered from it. If the update fails, the fallback is
+//     a flush, a single store that cannot fail. The chunk is freed at least retireAfter later.
+//   - Exact keys: the program compares the request key with the key inside the entry, and the
+//     entry's own recorded offset with the one it came from; a hash collision, or a slot read
+//     while being rewritten, is a miss, never another key's value. Userspace keeps one key per hash.
 //   - Flush(deadline): one aligned 8-byte store into the program's mmapped .bss raises
 //     flushed_before_ns; entries filled before it are dead. A future deadline is applied at once
 //     (conservative: the kernel stops serving those entries early and the server answers them).
@@ -30,12 +32,29 @@
 //
 // The program answers in two passes: the first finds and checks every key of the request and
 // sums the reply's length and checksum without touching the packet; only if all keys are
-// servable and the reply fits one datagram does the second pass resize the packet and copy each
-// entry with bpf_xdp_store_bytes (a kernel memcpy, not a byte loop). If anything fails after the
-// resize, the saved request is put back and the packet passes.
+// servable, the reply fits one datagram and the source may be answered does the second pass
+// resize the packet and copy each entry with bpf_xdp_store_bytes (a kernel memcpy, one per get
+// entry, END included for the last).
+//
+// # Memory
+//
+// Options.MaxBytes is the budget userspace charges: each entry costs its chunk (the smallest
+// class that holds it, so memory is proportional to item size within a factor of 1.4) plus its
+// share of the index. The arena is allocated when the program loads, sized to the budget plus
+// one page per class and a quarter of the budget for entries waiting out retireAfter; when those
+// run out, fills are skipped until retirement catches up.
+//
+// # Not a reflector
+//
+// The program answers only sources in an allow-list (an LPM trie: loopback, plus
+// Options.AllowSources, or, when that is nil, the subnets of the interface it is attached to),
+// caps each reply at Options.MaxAmplification times its request (UDP payload bytes, the bandwidth
+// amplification factor of the literature), and rate-limits replies per source with GCRA (one
+// timestamp per source in an LRU map). Anything refused passes to the server, which applies the
+// same rules.
 //
 // Userspace holds the budget (bytes and entries) and evicts with CLOCK: the program sets a
-// referenced flag in the index value on every hit, and the eviction hand reads and clears it.
+// referenced flag in the index slot on every hit, and the eviction hand reads and clears it.
 // Admission decides which offered items go in at all (always, or after repeated offers).
 package bpf
 
@@ -43,6 +62,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/bits"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -64,7 +86,28 @@ type Options struct {
 	ReplyDSCP  uint8  // DSCP set on kernel replies; 0 = off
 	Admission  string // "always" | "frequency" (default)
 	MTU        int    // interface MTU, caps reply size; 0 = 1500
+
+	// AllowSources are the client prefixes the kernel answers, in addition to loopback
+	// (127.0.0.0/8 and ::1), which is always allowed. nil means the subnets of the interface
+	// the program is attached to; an empty non-nil slice means loopback only.
+	AllowSources []netip.Prefix
+	// RatePerSource caps kernel replies per second to one source address; 0 is unlimited.
+	RatePerSource float64
+	// Burst is how many replies a source may get at once above its rate; 0 means one second's
+	// worth (at least 1). Used only with RatePerSource.
+	Burst int
+	// MaxAmplification caps a reply's UDP payload at this many times the request's; 0 means
+	// DefaultMaxAmplification. Over it, the request passes to the server.
+	MaxAmplification float64
 }
+
+// DefaultMaxAmplification is the reply-to-request size cap (UDP payloads, the bandwidth
+// amplification factor). memcached reflection attacks reached 10,000x and more because one small
+// get fetched megabytes; the kernel sends at most one 1400-byte datagram per request, so a
+// minimal 15-byte get could reach 93x. 64x still lets every get of a 16-byte key up to the
+// largest datagram through (a 30-byte request), and keeps what one spoofed byte buys well below
+// DNS's common 50-100x.
+const DefaultMaxAmplification = 64
 
 // Errors.
 var (
@@ -73,14 +116,20 @@ var (
 )
 
 const (
-	// retireAfter is how long an entry stays in its map after leaving the index. A program run
-	// takes microseconds; a second is a wide margin.
+	// retireAfter is how long an entry's chunk stays untouched after leaving the index. A program
+	// run takes microseconds; a second is a wide margin.
 	retireAfter = time.Second
 	// expiryMargin makes the kernel stop serving an item slightly before the server expires it.
 	expiryMargin = 2 * time.Millisecond
-	// overheadBytes approximates the per-entry cost beyond header and data: index element, hash
-	// element headers and the version key.
-	overheadBytes = 96
+	// overheadBytes is each entry's share of the index: four 16-byte slots per entry.
+	overheadBytes = 64
+	// indexSlotsPerEntry oversizes the two-choice index so that both of a key's slots are
+	// taken by other keys rarely (under 1 in 16 at full occupancy).
+	indexSlotsPerEntry = 4
+	// sourceStates bounds the per-source rate limiter's LRU map.
+	sourceStates = 65536
+	// pageStride is one arena value: a page of chunks and the verifier's guard (cache_maps.h).
+	pageStride = pageBytes + chunkMax
 )
 
 // kentry is userspace's record of one key in the kernel cache.
@@ -88,20 +137,20 @@ type kentry struct {
 	key     string
 	hash    uint64
 	class   int
-	version uint64
+	loc     uint32 // arena offset of its entry
+	slot    uint32 // index slot
 	cost    int64
 	flags   uint32
 	cas     uint64
 	size    int
 	expires time.Time
 	filled  uint64
-	slot    int // position in Cache.ring
+	ring    int // position in Cache.ring
 }
 
 type retired struct {
-	class   int
-	version uint64
-	at      time.Time
+	loc uint32
+	at  time.Time
 }
 
 // Cache is the kernel cache: the loaded program, its maps and userspace's bookkeeping. It
@@ -110,20 +159,23 @@ type Cache struct {
 	opts        Options
 	retireAfter time.Duration // see the constant; tests of sequential runs shorten it
 	objs        xdpcacheObjects
-	classMaps   [numClasses]*ebpf.Map
+	arena       *ebpf.Memory
 	maxReply    int // largest UDP payload a reply may have
+	indexMask   uint32
 
 	mu            sync.Mutex
 	closed        bool
 	policy        admission
+	slabs         *slabs
 	entries       map[string]*kentry
 	byHash        map[uint64]*kentry
+	slots         []*kentry // index slot owners
 	ring          []*kentry // CLOCK order
 	hand          int
 	used          int64
-	version       uint64
 	retiring      []retired
 	flushedBefore uint64
+	allowed       int // prefixes in the allow-list
 	link          link.Link
 	statsCloser   io.Closer
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
@@ -145,15 +197,42 @@ func (o *Options) setDefaults() error {
 	if o.Admission == "" {
 		o.Admission = AdmitFrequency
 	}
+	if o.MaxAmplification == 0 {
+		o.MaxAmplification = DefaultMaxAmplification
+	}
+	if o.RatePerSource > 0 && o.Burst == 0 {
+		o.Burst = max(1, int(o.RatePerSource))
+	}
 	switch {
 	case o.MaxBytes < 0 || o.MaxEntries < 0:
 		return fmt.Errorf("%w: negative size", ErrOptions)
+	case o.MaxEntries > 1<<26:
+		return fmt.Errorf("%w: %d entries, at most %d", ErrOptions, o.MaxEntries, 1<<26)
 	case o.ReplyDSCP > 63:
 		return fmt.Errorf("%w: DSCP %d over 63", ErrOptions, o.ReplyDSCP)
 	case o.MTU < 576 || o.MTU > 65535:
 		return fmt.Errorf("%w: MTU %d", ErrOptions, o.MTU)
+	case !(o.MaxAmplification >= 1 && o.MaxAmplification <= 1e6):
+		return fmt.Errorf("%w: amplification cap %v, want 1 to 1e6", ErrOptions, o.MaxAmplification)
+	case !(o.RatePerSource >= 0 && o.RatePerSource <= 1e9):
+		return fmt.Errorf("%w: rate %v per source, want 0 to 1e9", ErrOptions, o.RatePerSource)
+	case o.Burst < 0 || o.Burst > 1<<20:
+		return fmt.Errorf("%w: burst %d", ErrOptions, o.Burst)
+	}
+	for _, p := range o.AllowSources {
+		if !p.IsValid() {
+			return fmt.Errorf("%w: allow-list prefix %v", ErrOptions, p)
+		}
 	}
 	return nil
+}
+
+// arenaPages is the arena's size in pages for opts: the budget (capped at what MaxEntries of the
+// largest chunk need), one page per class, and a quarter of the budget for retiring chunks.
+func arenaPages(o Options) int {
+	budget := min(o.MaxBytes, int64(o.MaxEntries)*chunkMax)
+	pages := int((budget + pageBytes - 1) / pageBytes)
+	return pages + numClasses + max(pages/4, 2)
 }
 
 // New loads the program and its maps, sized from opts. It does not attach: see Attach.
@@ -175,42 +254,93 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
+	indexSize := 1 << bits.Len(uint(max(opts.MaxEntries*indexSlotsPerEntry, 64)-1))
+	var interval, burst uint64
+	if opts.RatePerSource > 0 {
+		interval = max(uint64(math.Round(1e9/opts.RatePerSource)), 1)
+		burst = uint64(opts.Burst-1) * interval
+	}
 	for name, v := range map[string]any{
-		"cfg_port":       opts.Port,
-		"cfg_reply_dscp": opts.ReplyDSCP,
-		"cfg_mtu":        uint32(opts.MTU),
+		"cfg_port":        opts.Port,
+		"cfg_reply_dscp":  opts.ReplyDSCP,
+		"cfg_mtu":         uint32(opts.MTU),
+		"cfg_index_mask":  uint32(indexSize - 1),
+		"cfg_max_amp_x16": uint32(min(math.Round(opts.MaxAmplification*16), math.MaxUint32)),
+		"cfg_interval_ns": interval,
+		"cfg_burst_ns":    burst,
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	// Retired entries wait out retireAfter in their maps; the slack leaves room for a full
-	// turnover of the cache within that time. Beyond it, fills are skipped until deletes catch up.
-	slack := uint32(max(opts.MaxEntries, 64))
-	spec.Maps["index_map"].MaxEntries = uint32(opts.MaxEntries) + slack
-	for _, capacity := range classCaps {
-		n := min(int64(opts.MaxEntries), opts.MaxBytes/int64(capacity+entryHdrBytes+overheadBytes)+1)
-		spec.Maps[fmt.Sprintf("entries_%d", capacity)].MaxEntries = uint32(n) + slack
-	}
+	pages := arenaPages(opts)
+	spec.Maps["arena"].MaxEntries = uint32(pages)
+	spec.Maps["index_map"].MaxEntries = uint32(indexSize)
+	spec.Maps["source_tat"].MaxEntries = sourceStates
+	// Room for loopback, the configured prefixes and an interface's subnets at Attach.
+	spec.Maps["allow_sources"].MaxEntries = uint32(len(opts.AllowSources) + 2 + 64)
+
 	c := &Cache{
 		opts:        opts,
 		retireAfter: retireAfter,
 		policy:      policy,
+		slabs:       newSlabs(pages),
 		entries:     make(map[string]*kentry),
 		byHash:      make(map[uint64]*kentry),
+		slots:       make([]*kentry, indexSize),
+		indexMask:   uint32(indexSize - 1),
 		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load xdpcache: %w", verifierDetail(err))
 	}
+	c.rest = coll
 	if err := coll.Assign(&c.objs); err != nil {
 		coll.Close()
 		return nil, fmt.Errorf("assign xdpcache objects: %w", err)
 	}
-	c.rest = coll
-	c.classMaps = [numClasses]*ebpf.Map{c.objs.Entries128, c.objs.Entries256, c.objs.Entries512, c.objs.Entries1024, c.objs.Entries1392}
+	if c.arena, err = c.objs.Arena.Memory(); err != nil {
+		c.closeObjects()
+		return nil, fmt.Errorf("map kernel cache arena: %w", err)
+	}
+	allow := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		opts.AllowSources...)
+	if err := c.allow(allow); err != nil {
+		c.closeObjects()
+		return nil, err
+	}
 	return c, nil
+}
+
+func (c *Cache) closeObjects() {
+	c.objs.Close()
+	c.rest.Close()
+}
+
+// allowKey is the LPM key of prefix p: IPv4 as IPv4-mapped IPv6.
+func allowKey(p netip.Prefix) xdpcacheAllowKey {
+	p = p.Masked()
+	a, bits := p.Addr(), p.Bits()
+	if a.Is4() {
+		a, bits = netip.AddrFrom16(a.As16()), bits+96
+	} else if a.Is4In6() && bits < 96 {
+		bits = 96 // a v4-mapped prefix covers only the v4-mapped range
+	}
+	return xdpcacheAllowKey{Prefixlen: uint32(bits), Addr: a.As16()}
+}
+
+// allow adds prefixes to the kernel allow-list.
+func (c *Cache) allow(prefixes []netip.Prefix) error {
+	one := uint8(1)
+	for _, p := range prefixes {
+		k := allowKey(p)
+		if err := c.objs.AllowSources.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("allow source %v: %w", p, err)
+		}
+		c.allowed++
+	}
+	return nil
 }
 
 // Program is the XDP program, for attaching elsewhere or running in tests.
@@ -234,6 +364,11 @@ func monoAt(t time.Time, wallNow time.Time, mono uint64) uint64 {
 	return mono + uint64(d)
 }
 
+// slotsOf are the two index slots a hash may live in, as the program computes them.
+func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
+	return uint32(h) & c.indexMask, uint32(h>>32) & c.indexMask
+}
+
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
 // serve (key not printable ASCII or too long, reply over one datagram) are ignored.
 func (c *Cache) Offer(it server.KernelItem) error {
@@ -241,7 +376,7 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		return nil
 	}
 	enc := encode(it.Key, it.Flags, it.Value, it.CAS)
-	class := classFor(len(enc.data))
+	class := classFor(enc.chunkLen())
 	if class < 0 || frameLen+len(enc.data)+len(enc.cas)+endLen > c.maxReply {
 		return nil
 	}
@@ -253,7 +388,7 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		}
 		expires = monoAt(it.Expires.Add(-expiryMargin), wall, mono)
 	}
-	hash := fnv1a(it.Key)
+	hash := keyHash(it.Key)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -278,18 +413,13 @@ func (c *Cache) Offer(it server.KernelItem) error {
 			return nil
 		}
 	}
-	cost := int64(classCaps[class] + entryHdrBytes + overheadBytes)
+	cost := int64(chunkSizes[class] + overheadBytes)
 	if old != nil {
 		// Replacing frees old's budget once the index points elsewhere; count it now.
 		c.removeRecord(old)
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
-		if err := c.evictOne(); err != nil {
-			if old != nil {
-				c.dropFromIndex(old)
-			}
-			return err
-		}
+		c.evictOne()
 	}
 	if cost > c.opts.MaxBytes || c.opts.MaxEntries == 0 {
 		if old != nil {
@@ -297,43 +427,73 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		}
 		return nil
 	}
-
-	c.version++
-	e := &kentry{
-		key: it.Key, hash: hash, class: class, version: c.version, cost: cost,
-		flags: it.Flags, cas: it.CAS, size: len(it.Value), expires: it.Expires, filled: mono,
-	}
-	value := entryValue(class, enc.header(len(it.Key), mono, expires), enc.data)
-	if err := c.classMaps[class].Update(e.version, value, ebpf.UpdateNoExist); err != nil {
+	loc, ok := c.slabs.alloc(class)
+	if !ok {
+		// Every chunk is live or retiring: skip this fill until retirement catches up.
 		if old != nil {
 			c.dropFromIndex(old)
 		}
-		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
-			return nil // full of retiring entries: skip this fill
-		}
-		return fmt.Errorf("insert kernel entry %q: %w", it.Key, err)
+		return nil
 	}
-	iv := xdpcacheIndexVal{Version: e.version, Class: uint32(class)}
-	if err := c.objs.IndexMap.Update(hash, &iv, ebpf.UpdateAny); err != nil {
-		// The new entry was never reachable: delete it now.
-		_ = c.classMaps[class].Delete(e.version)
+	if _, err := c.arena.WriteAt(enc.chunk(len(it.Key), loc, mono, expires), int64(loc>>pageShift)*pageStride+int64(loc&(pageBytes-1))); err != nil {
+		c.slabs.release(loc) // never reachable
+		if old != nil {
+			c.dropFromIndex(old)
+		}
+		return fmt.Errorf("write kernel entry %q: %w", it.Key, err)
+	}
+
+	var slot uint32
+	if old != nil {
+		slot = old.slot
+	} else {
+		slot = c.freeSlot(hash)
+	}
+	e := &kentry{
+		key: it.Key, hash: hash, class: class, loc: loc, slot: slot, cost: cost,
+		flags: it.Flags, cas: it.CAS, size: len(it.Value), expires: it.Expires, filled: mono,
+	}
+	is := xdpcacheIndexSlot{Hash: hash, Loc: loc, Used: 1}
+	if err := c.objs.IndexMap.Update(slot, &is, ebpf.UpdateAny); err != nil {
+		// The new entry was never reachable: its chunk can go back at once.
+		c.slabs.release(loc)
 		if old != nil {
 			c.dropFromIndex(old)
 		}
 		return fmt.Errorf("point kernel index at %q: %w", it.Key, err)
 	}
 	if old != nil {
-		c.retire(old, wall) // the index no longer reaches it
+		c.retire(old.loc, wall) // the index no longer reaches it
 	}
 	c.addRecord(e)
 	return nil
 }
 
-// addRecord and removeRecord keep entries, byHash, ring and used in step.
+// freeSlot returns one of hash's two index slots, emptying one (evicting its key, the
+// unreferenced one if either is) when both are taken.
+func (c *Cache) freeSlot(hash uint64) uint32 {
+	s1, s2 := c.slotsOf(hash)
+	if c.slots[s1] == nil {
+		return s1
+	}
+	if c.slots[s2] == nil {
+		return s2
+	}
+	victim := s1
+	var is xdpcacheIndexSlot
+	if err := c.objs.IndexMap.Lookup(s1, &is); err == nil && is.Referenced != 0 {
+		victim = s2
+	}
+	c.invalidateRecord(c.slots[victim])
+	return victim
+}
+
+// addRecord and removeRecord keep entries, byHash, slots, ring and used in step.
 func (c *Cache) addRecord(e *kentry) {
 	c.entries[e.key] = e
 	c.byHash[e.hash] = e
-	e.slot = len(c.ring)
+	c.slots[e.slot] = e
+	e.ring = len(c.ring)
 	c.ring = append(c.ring, e)
 	c.used += e.cost
 }
@@ -341,9 +501,12 @@ func (c *Cache) addRecord(e *kentry) {
 func (c *Cache) removeRecord(e *kentry) {
 	delete(c.entries, e.key)
 	delete(c.byHash, e.hash)
+	if c.slots[e.slot] == e {
+		c.slots[e.slot] = nil
+	}
 	last := len(c.ring) - 1
-	c.ring[e.slot] = c.ring[last]
-	c.ring[e.slot].slot = e.slot
+	c.ring[e.ring] = c.ring[last]
+	c.ring[e.ring].ring = e.ring
 	c.ring[last] = nil
 	c.ring = c.ring[:last]
 	if c.hand >= len(c.ring) {
@@ -352,31 +515,37 @@ func (c *Cache) removeRecord(e *kentry) {
 	c.used -= e.cost
 }
 
-// dropFromIndex makes e unreachable and schedules its entry's deletion. Used when e's record is
-// already gone from the bookkeeping.
-func (c *Cache) dropFromIndex(e *kentry) {
-	if err := c.objs.IndexMap.Delete(e.hash); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+// clearSlot makes e unreachable: its index slot is emptied, or, if that fails, everything is
+// flushed.
+func (c *Cache) clearSlot(e *kentry) {
+	var empty xdpcacheIndexSlot
+	if err := c.objs.IndexMap.Update(e.slot, &empty, ebpf.UpdateAny); err != nil {
 		c.flushNow()
 	}
-	c.retire(e, time.Now())
 }
 
-func (c *Cache) retire(e *kentry, now time.Time) {
-	c.retiring = append(c.retiring, retired{class: e.class, version: e.version, at: now})
+// dropFromIndex makes e unreachable and schedules its chunk's release. Used when e's record is
+// already gone from the bookkeeping.
+func (c *Cache) dropFromIndex(e *kentry) {
+	c.clearSlot(e)
+	c.retire(e.loc, time.Now())
+}
+
+func (c *Cache) retire(loc uint32, now time.Time) {
+	c.retiring = append(c.retiring, retired{loc: loc, at: now})
 	if c.retireAfter == 0 {
 		c.reap(now)
 	}
 }
 
-// reap deletes entries that left the index at least retireAfter ago.
+// reap releases the chunks of entries that left the index at least retireAfter ago.
 func (c *Cache) reap(now time.Time) {
 	n := 0
 	for _, r := range c.retiring {
 		if now.Sub(r.at) < c.retireAfter {
 			break
 		}
-		// A failed delete leaves an unreachable entry behind; the map's slack absorbs it.
-		_ = c.classMaps[r.class].Delete(r.version)
+		c.slabs.release(r.loc)
 		n++
 	}
 	c.retiring = c.retiring[n:]
@@ -384,37 +553,40 @@ func (c *Cache) reap(now time.Time) {
 
 // evictOne removes the first entry the CLOCK hand finds unreferenced (or dead after a flush),
 // clearing referenced flags as it passes. Bounded: after two sweeps it evicts where it stands.
-func (c *Cache) evictOne() error {
+func (c *Cache) evictOne() {
 	for step := 0; step < 2*len(c.ring)+1; step++ {
 		e := c.ring[c.hand]
 		if e.filled < c.flushedBefore {
-			return c.invalidateRecord(e)
+			c.invalidateRecord(e)
+			return
 		}
-		var iv xdpcacheIndexVal
-		if err := c.objs.IndexMap.Lookup(e.hash, &iv); err != nil || iv.Version != e.version {
-			return c.invalidateRecord(e)
+		var is xdpcacheIndexSlot
+		if err := c.objs.IndexMap.Lookup(e.slot, &is); err != nil || is.Used == 0 || is.Loc != e.loc {
+			c.invalidateRecord(e)
+			return
 		}
-		if iv.Referenced == 0 || step >= 2*len(c.ring) {
-			return c.invalidateRecord(e)
+		if is.Referenced == 0 || step >= 2*len(c.ring) {
+			c.invalidateRecord(e)
+			return
 		}
-		iv.Referenced = 0
-		if err := c.objs.IndexMap.Update(e.hash, &iv, ebpf.UpdateExist); err != nil {
-			return c.invalidateRecord(e)
+		// The program may set the flag again between this read and write; that only
+		// spares the entry one more turn.
+		is.Referenced = 0
+		if err := c.objs.IndexMap.Update(e.slot, &is, ebpf.UpdateAny); err != nil {
+			c.invalidateRecord(e)
+			return
 		}
 		c.hand = (c.hand + 1) % len(c.ring)
 	}
-	return c.invalidateRecord(c.ring[c.hand])
+	c.invalidateRecord(c.ring[c.hand])
 }
 
 // invalidateRecord removes e from the index (or flushes everything if that fails) and from the
 // bookkeeping. It never leaves e servable.
-func (c *Cache) invalidateRecord(e *kentry) error {
+func (c *Cache) invalidateRecord(e *kentry) {
 	c.removeRecord(e)
-	if err := c.objs.IndexMap.Delete(e.hash); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		c.flushNow()
-	}
-	c.retire(e, time.Now())
-	return nil
+	c.clearSlot(e)
+	c.retire(e.loc, time.Now())
 }
 
 // Invalidate stops the kernel serving key. When it returns, no packet the program processes
@@ -426,11 +598,10 @@ func (c *Cache) Invalidate(key string) error {
 		return nil // nothing is served any more
 	}
 	c.reap(time.Now())
-	e := c.entries[key]
-	if e == nil {
-		return nil
+	if e := c.entries[key]; e != nil {
+		c.invalidateRecord(e)
 	}
-	return c.invalidateRecord(e)
+	return nil
 }
 
 // Flush makes every entry filled before deadline unservable. It takes effect at once even for a
@@ -445,7 +616,7 @@ func (c *Cache) Flush(deadline time.Time) error {
 	return c.setFlushedBefore(monoAt(deadline, wall, mono))
 }
 
-// flushNow kills every entry filled until now; the fallback when an index delete fails.
+// flushNow kills every entry filled until now; the fallback when an index update fails.
 func (c *Cache) flushNow() {
 	_ = c.setFlushedBefore(monoNow() + 1)
 }
@@ -479,13 +650,13 @@ func (c *Cache) Stats() (server.KernelStats, error) {
 // counters reads every counter, summed over CPUs.
 func (c *Cache) counters() ([xdpcacheCounterCNT_MAX]uint64, error) {
 	var out [xdpcacheCounterCNT_MAX]uint64
-	var perCPU []uint64
-	for i := range out {
-		if err := c.objs.Counters.Lookup(uint32(i), &perCPU); err != nil {
-			return out, fmt.Errorf("read kernel counter %d: %w", i, err)
-		}
-		for _, v := range perCPU {
-			out[i] += v
+	var perCPU []xdpcacheCounterSet
+	if err := c.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+		return out, fmt.Errorf("read kernel counters: %w", err)
+	}
+	for _, cs := range perCPU {
+		for i := range out {
+			out[i] += cs.N[i]
 		}
 	}
 	return out, nil

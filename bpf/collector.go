@@ -27,6 +27,9 @@ var passReasons = map[xdpcacheCounter]string{
 	xdpcacheCounterPASS_TOO_BIG:       "too_big",
 	xdpcacheCounterPASS_MALFORMED:     "malformed",
 	xdpcacheCounterPASS_INTERNAL:      "internal",
+	xdpcacheCounterPASS_NOT_ALLOWED:   "not_allowed",
+	xdpcacheCounterPASS_RATE_LIMITED:  "rate_limited",
+	xdpcacheCounterPASS_AMPLIFICATION: "amplification",
 }
 
 // PassCounts returns the pass counters by reason label, summed over CPUs.

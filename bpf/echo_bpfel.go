@@ -8,9 +8,15 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type echoCounterSet struct {
+	_ structs.HostLayout
+	N [22]uint64
+}
 
 // Names of all BPF objects in the ELF.
 //

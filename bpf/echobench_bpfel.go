@@ -19,6 +19,11 @@ type echoBenchBenchPkt struct {
 	Data [512]uint8
 }
 
+type echoBenchCounterSet struct {
+	_ structs.HostLayout
+	N [22]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.

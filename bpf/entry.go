@@ -1,34 +1,68 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"strconv"
 
 	"github.com/xdpcache/xdpcache/internal/packet"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
-// Kernel-side limits, mirrored from c/cache_maps.h.
+// Kernel-side limits and layout, mirrored from c/cache_maps.h.
 const (
 	keyMax        = 250
 	casMax        = 24
 	frameLen      = protocol.FrameHeaderLen
 	endLen        = len(protocol.End)
-	entryHdrBytes = 64 // sizeof(struct entry_hdr)
+	entryHdrBytes = 40 // sizeof(struct entry_hdr); a test checks it against the generated type
+	pageShift     = 16
+	pageBytes     = 1 << pageShift // one arena page
+	chunkMax      = 2048           // largest chunk
+	maxPayload    = 1400           // MAX_PAYLOAD: largest UDP payload the program sends
 )
 
-// classCaps are the data capacities of the size classes, indexed by enum entry_class.
-var classCaps = [...]int{128, 256, 512, 1024, 1392}
+// chunkSizes are the arena's size classes, in bytes of chunk (entry header included), growing by
+// about 1.4x like memcached's slab classes, so an item wastes at most about a third of its chunk.
+// The largest holds the biggest reply one datagram carries plus its gets header.
+var chunkSizes = [...]int{96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048}
 
-const numClasses = len(classCaps)
+const numClasses = len(chunkSizes)
 
-// fnv1a is the key hash the program computes while it scans a key (FNV-1a, 64 bit).
-func fnv1a(key string) uint64 {
-	h := uint64(0xcbf29ce484222325)
-	for i := 0; i < len(key); i++ {
-		h ^= uint64(key[i])
-		h *= 0x100000001b3
+// classCaps are the bytes each class holds after the entry header.
+var classCaps = func() (c [numClasses]int) {
+	for i, s := range chunkSizes {
+		c[i] = s - entryHdrBytes
 	}
-	return h
+	return c
+}()
+
+// Key hash constants, mirrored from c/cache.c.
+const (
+	hashSeed = 0x243F6A8885A308D3
+	hashP1   = 0x9E3779B97F4A7C15
+	hashP2   = 0xFF51AFD7ED558CCD
+	hashP3   = 0xC4CEB9FE1A85EC53
+)
+
+// keyHash is the hash the program computes while it scans a key, 8 bytes at a time: each
+// little-endian word (the last one zero-padded) is mixed in, then the length, then murmur3's
+// fmix64.
+func keyHash(key string) uint64 {
+	h := uint64(hashSeed)
+	for i := 0; i < len(key); i += 8 {
+		var w uint64
+		for j := 0; j < 8 && i+j < len(key); j++ {
+			w |= uint64(key[i+j]) << (8 * j)
+		}
+		h = (h ^ w) * hashP1
+		h ^= h >> 29
+	}
+	h ^= uint64(len(key))
+	h ^= h >> 33
+	h *= hashP2
+	h ^= h >> 33
+	h *= hashP3
+	return h ^ h>>33
 }
 
 // servableKey reports whether the program can match key: 1..250 bytes of printable ASCII, the only
@@ -45,10 +79,10 @@ func servableKey(key string) bool {
 	return true
 }
 
-// classFor returns the smallest class holding n data bytes, or -1.
+// classFor returns the smallest class whose chunk holds n bytes, or -1.
 func classFor(n int) int {
-	for c, capacity := range classCaps {
-		if n <= capacity {
+	for c, size := range chunkSizes {
+		if n <= size {
 			return c
 		}
 	}
@@ -56,7 +90,7 @@ func classFor(n int) int {
 }
 
 // encoded is an item in the form the program serves: the server's get reply bytes for it and the
-// CAS text gets inserts, with their precomputed checksum sums.
+// CAS text gets inserts.
 type encoded struct {
 	data   []byte // "VALUE <key> <flags> <bytes>\r\n<value>\r\n"
 	hdrLen int    // len("VALUE <key> <flags> <bytes>")
@@ -75,46 +109,33 @@ func encode(key string, flags uint32, value []byte, cas uint64) encoded {
 	}
 }
 
-// header fills the fixed part of an entry for a key of keyLen bytes.
-func (e encoded) header(keyLen int, filled, expires uint64) xdpcacheEntryHdr {
-	h := xdpcacheEntryHdr{
-		ExpiresNs: expires,
-		FilledNs:  filled,
-		Len:       uint16(len(e.data)),
-		HdrLen:    uint16(e.hdrLen),
-		KeyLen:    uint16(keyLen),
-		CasLen:    uint16(len(e.cas)),
-		CsumData:  uint32(packet.Fold(packet.Sum(e.data))),
-		CsumHead:  uint32(packet.Fold(packet.Sum(e.data[:e.hdrLen]))),
-		CsumTail:  uint32(packet.Fold(packet.Sum(e.data[e.hdrLen:]))),
-		CsumCas:   uint32(packet.Fold(packet.Sum(e.cas))),
-	}
-	copy(h.Cas[:], e.cas)
-	return h
+// chunkLen is the bytes of the entry in the arena: header, data, END, gets header.
+func (e encoded) chunkLen() int {
+	return entryHdrBytes + len(e.data) + endLen + e.hdrLen + len(e.cas)
 }
 
-// entryValue returns the map value for class c.
-func entryValue(c int, h xdpcacheEntryHdr, data []byte) any {
-	switch c {
-	case 0:
-		v := &xdpcacheEntry128{H: h}
-		copy(v.Data[:], data)
-		return v
-	case 1:
-		v := &xdpcacheEntry256{H: h}
-		copy(v.Data[:], data)
-		return v
-	case 2:
-		v := &xdpcacheEntry512{H: h}
-		copy(v.Data[:], data)
-		return v
-	case 3:
-		v := &xdpcacheEntry1024{H: h}
-		copy(v.Data[:], data)
-		return v
-	default:
-		v := &xdpcacheEntry1392{H: h}
-		copy(v.Data[:], data)
-		return v
+// chunk lays the entry out as the program reads it (struct entry_hdr, then data with "END\r\n",
+// then "VALUE <key> <flags> <bytes> <cas>"), with the precomputed checksum sums of its pieces.
+func (e encoded) chunk(keyLen int, loc uint32, filled, expires uint64) []byte {
+	getsHead := append(e.data[:e.hdrLen:e.hdrLen], e.cas...)
+	h := xdpcacheEntryHdr{
+		ExpiresNs:    expires,
+		FilledNs:     filled,
+		Len:          uint16(len(e.data)),
+		HdrLen:       uint16(e.hdrLen),
+		KeyLen:       uint16(keyLen),
+		CasLen:       uint16(len(e.cas)),
+		CsumData:     uint32(packet.Fold(packet.Sum(e.data))),
+		CsumGetsHead: uint32(packet.Fold(packet.Sum(getsHead))),
+		CsumTail:     uint32(packet.Fold(packet.Sum(e.data[e.hdrLen:]))),
+		Loc:          loc,
 	}
+	b := make([]byte, 0, e.chunkLen())
+	b, err := binary.Append(b, binary.LittleEndian, &h)
+	if err != nil {
+		panic("bpf: encode entry header: " + err.Error()) // a fixed-size struct cannot fail
+	}
+	b = append(b, e.data...)
+	b = append(b, protocol.End...)
+	return append(b, getsHead...)
 }

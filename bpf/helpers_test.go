@@ -27,6 +27,8 @@ var (
 	server4   = netip.MustParseAddr("10.0.0.2")
 	client6   = netip.MustParseAddr("fd00::1")
 	server6   = netip.MustParseAddr("fd00::2")
+	// testClients is the allow-list tests use: the client addresses above, not the servers.
+	testClients = []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("fd00::1/128")}
 )
 
 // newTestCache loads a cache with small maps and admission "always" unless opts say otherwise.
@@ -41,6 +43,9 @@ func newTestCache(t testing.TB, opts Options) *Cache {
 	}
 	if opts.Admission == "" {
 		opts.Admission = AdmitAlways
+	}
+	if opts.AllowSources == nil {
+		opts.AllowSources = testClients
 	}
 	c, err := New(opts)
 	if err != nil {

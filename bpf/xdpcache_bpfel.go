@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpcacheAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
+type xdpcacheArenaPage struct {
+	_ structs.HostLayout
+	B [67584]uint8
+}
+
 type xdpcacheCounter uint32
 
 const (
@@ -35,88 +46,59 @@ const (
 	xdpcacheCounterPASS_TOO_BIG       xdpcacheCounter = 16
 	xdpcacheCounterPASS_MALFORMED     xdpcacheCounter = 17
 	xdpcacheCounterPASS_INTERNAL      xdpcacheCounter = 18
-	xdpcacheCounterCNT_MAX            xdpcacheCounter = 19
+	xdpcacheCounterPASS_NOT_ALLOWED   xdpcacheCounter = 19
+	xdpcacheCounterPASS_RATE_LIMITED  xdpcacheCounter = 20
+	xdpcacheCounterPASS_AMPLIFICATION xdpcacheCounter = 21
+	xdpcacheCounterCNT_MAX            xdpcacheCounter = 22
 )
 
-type xdpcacheEntry1024 struct {
-	_    structs.HostLayout
-	H    xdpcacheEntryHdr
-	Data [1024]uint8
+type xdpcacheCounterSet struct {
+	_ structs.HostLayout
+	N [22]uint64
 }
-
-type xdpcacheEntry128 struct {
-	_    structs.HostLayout
-	H    xdpcacheEntryHdr
-	Data [128]uint8
-}
-
-type xdpcacheEntry1392 struct {
-	_    structs.HostLayout
-	H    xdpcacheEntryHdr
-	Data [1392]uint8
-}
-
-type xdpcacheEntry256 struct {
-	_    structs.HostLayout
-	H    xdpcacheEntryHdr
-	Data [256]uint8
-}
-
-type xdpcacheEntry512 struct {
-	_    structs.HostLayout
-	H    xdpcacheEntryHdr
-	Data [512]uint8
-}
-
-type xdpcacheEntryClass uint32
-
-const (
-	xdpcacheEntryClassCLASS_128  xdpcacheEntryClass = 0
-	xdpcacheEntryClassCLASS_256  xdpcacheEntryClass = 1
-	xdpcacheEntryClassCLASS_512  xdpcacheEntryClass = 2
-	xdpcacheEntryClassCLASS_1024 xdpcacheEntryClass = 3
-	xdpcacheEntryClassCLASS_1392 xdpcacheEntryClass = 4
-)
 
 type xdpcacheEntryHdr struct {
-	_         structs.HostLayout
-	ExpiresNs uint64
-	FilledNs  uint64
-	Len       uint16
-	HdrLen    uint16
-	KeyLen    uint16
-	CasLen    uint16
-	CsumData  uint32
-	CsumHead  uint32
-	CsumTail  uint32
-	CsumCas   uint32
-	Cas       [24]uint8
+	_            structs.HostLayout
+	ExpiresNs    uint64
+	FilledNs     uint64
+	Len          uint16
+	HdrLen       uint16
+	KeyLen       uint16
+	CasLen       uint16
+	CsumData     uint32
+	CsumGetsHead uint32
+	CsumTail     uint32
+	Loc          uint32
 }
 
-type xdpcacheIndexVal struct {
+type xdpcacheIn6Addr struct {
+	_    structs.HostLayout
+	In6U struct {
+		_       structs.HostLayout
+		U6Addr8 [16]uint8
+	}
+}
+
+type xdpcacheIndexSlot struct {
 	_          structs.HostLayout
-	Version    uint64
-	Class      uint32
-	Referenced uint32
+	Hash       uint64
+	Loc        uint32
+	Used       uint8
+	Referenced uint8
+	Pad        uint16
 }
 
 type xdpcacheScratch struct {
-	_      structs.HostLayout
-	NowNs  uint64
-	Csum   uint64
-	Hash   uint64
-	Pos    uint32
-	OutLen uint32
-	Gets   uint32
-	Pad    uint32
-	Slots  [32]struct {
-		_       structs.HostLayout
-		Version uint64
-		Class   uint32
-		Pad     uint32
-	}
-	Key     [264]uint8
-	Saved   [1400]uint8
+	_       structs.HostLayout
+	NowNs   uint64
+	Csum    uint64
+	Hash    uint64
+	Pos     uint32
+	End     uint32
+	OutLen  uint32
+	Gets    uint32
+	Locs    [32]uint32
+	Key     [32]uint64
 	Headers [128]uint8
 }
 
@@ -124,21 +106,24 @@ type xdpcacheScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdpcacheMapAllowSources     = "allow_sources"
+	xdpcacheMapArena            = "arena"
 	xdpcacheMapCounters         = "counters"
-	xdpcacheMapEntries1024      = "entries_1024"
-	xdpcacheMapEntries128       = "entries_128"
-	xdpcacheMapEntries1392      = "entries_1392"
-	xdpcacheMapEntries256       = "entries_256"
-	xdpcacheMapEntries512       = "entries_512"
 	xdpcacheMapIndexMap         = "index_map"
 	xdpcacheMapScratchMap       = "scratch_map"
+	xdpcacheMapSourceTat        = "source_tat"
 	xdpcacheProgXdpCache        = "xdp_cache"
+	xdpcacheVarCfgBurstNs       = "cfg_burst_ns"
+	xdpcacheVarCfgIndexMask     = "cfg_index_mask"
+	xdpcacheVarCfgIntervalNs    = "cfg_interval_ns"
+	xdpcacheVarCfgMaxAmpX16     = "cfg_max_amp_x16"
 	xdpcacheVarCfgMtu           = "cfg_mtu"
 	xdpcacheVarCfgPort          = "cfg_port"
 	xdpcacheVarCfgReplyDscp     = "cfg_reply_dscp"
 	xdpcacheVarFlushedBeforeNs  = "flushed_before_ns"
 	xdpcacheVarUnusedCounter    = "unused_counter"
-	xdpcacheVarUnusedEntryClass = "unused_entry_class"
+	xdpcacheVarUnusedCounterSet = "unused_counter_set"
+	xdpcacheVarUnusedEntryHdr   = "unused_entry_hdr"
 )
 
 // loadXdpcache returns the embedded CollectionSpec for xdpcache.
@@ -190,26 +175,29 @@ type xdpcacheProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Entries1024 *ebpf.MapSpec `ebpf:"entries_1024"`
-	Entries128  *ebpf.MapSpec `ebpf:"entries_128"`
-	Entries1392 *ebpf.MapSpec `ebpf:"entries_1392"`
-	Entries256  *ebpf.MapSpec `ebpf:"entries_256"`
-	Entries512  *ebpf.MapSpec `ebpf:"entries_512"`
-	IndexMap    *ebpf.MapSpec `ebpf:"index_map"`
-	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
+	AllowSources *ebpf.MapSpec `ebpf:"allow_sources"`
+	Arena        *ebpf.MapSpec `ebpf:"arena"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
+	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
+	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
 }
 
 // xdpcacheVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheVariableSpecs struct {
+	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
+	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
+	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16     *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
 	CfgMtu           *ebpf.VariableSpec `ebpf:"cfg_mtu"`
 	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEntryClass *ebpf.VariableSpec `ebpf:"unused_entry_class"`
+	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
+	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
 }
 
 // xdpcacheObjects contains all objects after they have been loaded into the kernel.
@@ -232,26 +220,22 @@ func (o *xdpcacheObjects) Close() error {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Entries1024 *ebpf.Map `ebpf:"entries_1024"`
-	Entries128  *ebpf.Map `ebpf:"entries_128"`
-	Entries1392 *ebpf.Map `ebpf:"entries_1392"`
-	Entries256  *ebpf.Map `ebpf:"entries_256"`
-	Entries512  *ebpf.Map `ebpf:"entries_512"`
-	IndexMap    *ebpf.Map `ebpf:"index_map"`
-	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
+	AllowSources *ebpf.Map `ebpf:"allow_sources"`
+	Arena        *ebpf.Map `ebpf:"arena"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	IndexMap     *ebpf.Map `ebpf:"index_map"`
+	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
+	SourceTat    *ebpf.Map `ebpf:"source_tat"`
 }
 
 func (m *xdpcacheMaps) Close() error {
 	return _XdpcacheClose(
+		m.AllowSources,
+		m.Arena,
 		m.Counters,
-		m.Entries1024,
-		m.Entries128,
-		m.Entries1392,
-		m.Entries256,
-		m.Entries512,
 		m.IndexMap,
 		m.ScratchMap,
+		m.SourceTat,
 	)
 }
 
@@ -259,12 +243,17 @@ func (m *xdpcacheMaps) Close() error {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheVariables struct {
+	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
+	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
+	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16     *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
 	CfgMtu           *ebpf.Variable `ebpf:"cfg_mtu"`
 	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEntryClass *ebpf.Variable `ebpf:"unused_entry_class"`
+	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
+	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
 }
 
 // xdpcachePrograms contains all programs after they have been loaded into the kernel.

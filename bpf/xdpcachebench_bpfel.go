@@ -13,131 +13,56 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpcacheBenchAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
+type xdpcacheBenchArenaPage struct {
+	_ structs.HostLayout
+	B [67584]uint8
+}
+
 type xdpcacheBenchBenchPkt struct {
 	_    structs.HostLayout
 	Len  uint32
 	Data [512]uint8
 }
 
-type xdpcacheBenchEntry1024 struct {
+type xdpcacheBenchCounterSet struct {
 	_ structs.HostLayout
-	H struct {
-		_         structs.HostLayout
-		ExpiresNs uint64
-		FilledNs  uint64
-		Len       uint16
-		HdrLen    uint16
-		KeyLen    uint16
-		CasLen    uint16
-		CsumData  uint32
-		CsumHead  uint32
-		CsumTail  uint32
-		CsumCas   uint32
-		Cas       [24]uint8
-	}
-	Data [1024]uint8
+	N [22]uint64
 }
 
-type xdpcacheBenchEntry128 struct {
-	_ structs.HostLayout
-	H struct {
-		_         structs.HostLayout
-		ExpiresNs uint64
-		FilledNs  uint64
-		Len       uint16
-		HdrLen    uint16
-		KeyLen    uint16
-		CasLen    uint16
-		CsumData  uint32
-		CsumHead  uint32
-		CsumTail  uint32
-		CsumCas   uint32
-		Cas       [24]uint8
+type xdpcacheBenchIn6Addr struct {
+	_    structs.HostLayout
+	In6U struct {
+		_       structs.HostLayout
+		U6Addr8 [16]uint8
 	}
-	Data [128]uint8
 }
 
-type xdpcacheBenchEntry1392 struct {
-	_ structs.HostLayout
-	H struct {
-		_         structs.HostLayout
-		ExpiresNs uint64
-		FilledNs  uint64
-		Len       uint16
-		HdrLen    uint16
-		KeyLen    uint16
-		CasLen    uint16
-		CsumData  uint32
-		CsumHead  uint32
-		CsumTail  uint32
-		CsumCas   uint32
-		Cas       [24]uint8
-	}
-	Data [1392]uint8
-}
-
-type xdpcacheBenchEntry256 struct {
-	_ structs.HostLayout
-	H struct {
-		_         structs.HostLayout
-		ExpiresNs uint64
-		FilledNs  uint64
-		Len       uint16
-		HdrLen    uint16
-		KeyLen    uint16
-		CasLen    uint16
-		CsumData  uint32
-		CsumHead  uint32
-		CsumTail  uint32
-		CsumCas   uint32
-		Cas       [24]uint8
-	}
-	Data [256]uint8
-}
-
-type xdpcacheBenchEntry512 struct {
-	_ structs.HostLayout
-	H struct {
-		_         structs.HostLayout
-		ExpiresNs uint64
-		FilledNs  uint64
-		Len       uint16
-		HdrLen    uint16
-		KeyLen    uint16
-		CasLen    uint16
-		CsumData  uint32
-		CsumHead  uint32
-		CsumTail  uint32
-		CsumCas   uint32
-		Cas       [24]uint8
-	}
-	Data [512]uint8
-}
-
-type xdpcacheBenchIndexVal struct {
+type xdpcacheBenchIndexSlot struct {
 	_          structs.HostLayout
-	Version    uint64
-	Class      uint32
-	Referenced uint32
+	Hash       uint64
+	Loc        uint32
+	Used       uint8
+	Referenced uint8
+	Pad        uint16
 }
 
 type xdpcacheBenchScratch struct {
-	_      structs.HostLayout
-	NowNs  uint64
-	Csum   uint64
-	Hash   uint64
-	Pos    uint32
-	OutLen uint32
-	Gets   uint32
-	Pad    uint32
-	Slots  [32]struct {
-		_       structs.HostLayout
-		Version uint64
-		Class   uint32
-		Pad     uint32
-	}
-	Key     [264]uint8
-	Saved   [1400]uint8
+	_       structs.HostLayout
+	NowNs   uint64
+	Csum    uint64
+	Hash    uint64
+	Pos     uint32
+	End     uint32
+	OutLen  uint32
+	Gets    uint32
+	Locs    [32]uint32
+	Key     [32]uint64
 	Headers [128]uint8
 }
 
@@ -145,24 +70,27 @@ type xdpcacheBenchScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdpcacheBenchMapAllowSources     = "allow_sources"
+	xdpcacheBenchMapArena            = "arena"
 	xdpcacheBenchMapBenchPacket      = "bench_packet"
 	xdpcacheBenchMapCounters         = "counters"
-	xdpcacheBenchMapEntries1024      = "entries_1024"
-	xdpcacheBenchMapEntries128       = "entries_128"
-	xdpcacheBenchMapEntries1392      = "entries_1392"
-	xdpcacheBenchMapEntries256       = "entries_256"
-	xdpcacheBenchMapEntries512       = "entries_512"
 	xdpcacheBenchMapIndexMap         = "index_map"
 	xdpcacheBenchMapScratchMap       = "scratch_map"
+	xdpcacheBenchMapSourceTat        = "source_tat"
 	xdpcacheBenchProgXdpCache        = "xdp_cache"
 	xdpcacheBenchProgXdpCacheBench   = "xdp_cache_bench"
 	xdpcacheBenchProgXdpRestoreOnly  = "xdp_restore_only"
+	xdpcacheBenchVarCfgBurstNs       = "cfg_burst_ns"
+	xdpcacheBenchVarCfgIndexMask     = "cfg_index_mask"
+	xdpcacheBenchVarCfgIntervalNs    = "cfg_interval_ns"
+	xdpcacheBenchVarCfgMaxAmpX16     = "cfg_max_amp_x16"
 	xdpcacheBenchVarCfgMtu           = "cfg_mtu"
 	xdpcacheBenchVarCfgPort          = "cfg_port"
 	xdpcacheBenchVarCfgReplyDscp     = "cfg_reply_dscp"
 	xdpcacheBenchVarFlushedBeforeNs  = "flushed_before_ns"
 	xdpcacheBenchVarUnusedCounter    = "unused_counter"
-	xdpcacheBenchVarUnusedEntryClass = "unused_entry_class"
+	xdpcacheBenchVarUnusedCounterSet = "unused_counter_set"
+	xdpcacheBenchVarUnusedEntryHdr   = "unused_entry_hdr"
 )
 
 // loadXdpcacheBench returns the embedded CollectionSpec for xdpcacheBench.
@@ -216,27 +144,30 @@ type xdpcacheBenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchMapSpecs struct {
-	BenchPacket *ebpf.MapSpec `ebpf:"bench_packet"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Entries1024 *ebpf.MapSpec `ebpf:"entries_1024"`
-	Entries128  *ebpf.MapSpec `ebpf:"entries_128"`
-	Entries1392 *ebpf.MapSpec `ebpf:"entries_1392"`
-	Entries256  *ebpf.MapSpec `ebpf:"entries_256"`
-	Entries512  *ebpf.MapSpec `ebpf:"entries_512"`
-	IndexMap    *ebpf.MapSpec `ebpf:"index_map"`
-	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
+	AllowSources *ebpf.MapSpec `ebpf:"allow_sources"`
+	Arena        *ebpf.MapSpec `ebpf:"arena"`
+	BenchPacket  *ebpf.MapSpec `ebpf:"bench_packet"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
+	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
+	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
 }
 
 // xdpcacheBenchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchVariableSpecs struct {
+	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
+	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
+	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16     *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
 	CfgMtu           *ebpf.VariableSpec `ebpf:"cfg_mtu"`
 	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEntryClass *ebpf.VariableSpec `ebpf:"unused_entry_class"`
+	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
+	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
 }
 
 // xdpcacheBenchObjects contains all objects after they have been loaded into the kernel.
@@ -259,28 +190,24 @@ func (o *xdpcacheBenchObjects) Close() error {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchMaps struct {
-	BenchPacket *ebpf.Map `ebpf:"bench_packet"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Entries1024 *ebpf.Map `ebpf:"entries_1024"`
-	Entries128  *ebpf.Map `ebpf:"entries_128"`
-	Entries1392 *ebpf.Map `ebpf:"entries_1392"`
-	Entries256  *ebpf.Map `ebpf:"entries_256"`
-	Entries512  *ebpf.Map `ebpf:"entries_512"`
-	IndexMap    *ebpf.Map `ebpf:"index_map"`
-	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
+	AllowSources *ebpf.Map `ebpf:"allow_sources"`
+	Arena        *ebpf.Map `ebpf:"arena"`
+	BenchPacket  *ebpf.Map `ebpf:"bench_packet"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	IndexMap     *ebpf.Map `ebpf:"index_map"`
+	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
+	SourceTat    *ebpf.Map `ebpf:"source_tat"`
 }
 
 func (m *xdpcacheBenchMaps) Close() error {
 	return _XdpcacheBenchClose(
+		m.AllowSources,
+		m.Arena,
 		m.BenchPacket,
 		m.Counters,
-		m.Entries1024,
-		m.Entries128,
-		m.Entries1392,
-		m.Entries256,
-		m.Entries512,
 		m.IndexMap,
 		m.ScratchMap,
+		m.SourceTat,
 	)
 }
 
@@ -288,12 +215,17 @@ func (m *xdpcacheBenchMaps) Close() error {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchVariables struct {
+	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
+	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
+	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16     *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
 	CfgMtu           *ebpf.Variable `ebpf:"cfg_mtu"`
 	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEntryClass *ebpf.Variable `ebpf:"unused_entry_class"`
+	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
+	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
 }
 
 // xdpcacheBenchPrograms contains all programs after they have been loaded into the kernel.

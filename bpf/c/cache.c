@@ -3,10 +3,16 @@
 /* cache.c: the XDP program that answers memcached UDP get/gets hits from the kernel cache.
  *
  * A request is answered only when it is one whole datagram (frame seq 0 of 1), a get or gets in
- * canonical form ("get k1 k2\r\n", single spaces, printable keys), every key has a live entry, and
- * the reply fits one datagram and the MTU. The first pass finds every key and sums the reply's
- * size and checksum without touching the packet; only then is the packet resized and written.
- * Anything else returns XDP_PASS with the packet as it came.
+ * canonical form ("get k1 k2\r\n", single spaces, printable keys), every key has a live entry, the
+ * reply fits one datagram and the MTU, it is no more than cfg_max_amp_x16/16 times the request,
+ * the source is allowed and within its rate. The first pass finds every key and sums the reply's
+ * size and checksum without touching the packet; only once every check has passed is the packet
+ * resized and written, so nothing needs saving. Anything else returns XDP_PASS with the packet as
+ * it came.
+ *
+ * Keys are scanned, validated and hashed 8 bytes at a time (SWAR); every map lookup on the hit
+ * path is an inlined ARRAY lookup (see cache_maps.h); a get's entry goes out in one
+ * bpf_xdp_store_bytes (END included for the last key), a gets entry in two.
  */
 
 #include "common.h"
@@ -19,16 +25,23 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* Unused pointers that put these types in BTF, so bpf2go generates their Go mirrors. */
 const enum counter *unused_counter __attribute__((unused));
-const enum entry_class *unused_entry_class __attribute__((unused));
+const struct counter_set *unused_counter_set __attribute__((unused));
+const struct entry_hdr *unused_entry_hdr __attribute__((unused));
 
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
+/* The key hash, mirrored by keyHash in entry.go: per 8-byte little-endian word (the last one
+ * zero-padded) h = (h ^ w) * P1, h ^= h >> 29; then the length and a final mix. */
+#define HASH_SEED 0x243F6A8885A308D3ULL
+#define HASH_P1 0x9E3779B97F4A7C15ULL
+#define HASH_P2 0xFF51AFD7ED558CCDULL
+#define HASH_P3 0xC4CEB9FE1A85EC53ULL
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
 
 /* Sum of "END\r\n" as big-endian words from an even offset. */
 #define END_CSUM (0x454E + 0x440D + 0x0A00)
-#define END_LEN 5
 
-#define SCAN_CRLF 0x10000 /* scan_key: the key ended the line */
+#define SCAN_CRLF 0x10000 /* lookup_key: the key ended the line */
 
 static __always_inline struct scratch *get_scratch(void)
 {
@@ -37,68 +50,101 @@ static __always_inline struct scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&scratch_map, &zero);
 }
 
-/* scan_key copies the key at st->pos into st->key and hashes it. It returns the key length,
- * ORed with SCAN_CRLF when "\r\n" follows it, or a negative pass reason. A global function, so
- * the verifier checks its byte loop once rather than once per caller state. */
-__noinline int scan_key(struct xdp_md *ctx)
+static __always_inline __u64 hash_word(__u64 h, __u64 w)
 {
-	struct scratch *st = get_scratch();
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 h = FNV_OFFSET;
-	__u32 pos, n;
-	__u8 *p;
-
-	if (!st)
-		return -PASS_INTERNAL;
-	pos = st->pos;
-	if (pos > 2048)
-		return -PASS_MALFORMED;
-	p = data + pos;
-	for (n = 0; n <= KEY_MAX; n++) {
-		__u8 c;
-
-		if ((void *)(p + n + 1) > data_end)
-			return -PASS_MALFORMED;
-		c = p[n];
-		if (c == ' ' || c == '\r') {
-			if (n == 0)
-				return -PASS_MALFORMED;
-			st->hash = h;
-			if (c == ' ')
-				return n;
-			if ((void *)(p + n + 2) > data_end || p[n + 1] != '\n')
-				return -PASS_MALFORMED;
-			return n | SCAN_CRLF;
-		}
-		/* Printable ASCII only: other bytes may be valid to memcached, but the kernel
-		 * answers only what it is sure the server would answer the same way. */
-		if (c < 0x21 || c > 0x7e)
-			return -PASS_MALFORMED;
-		st->key[n] = c;
-		h ^= c;
-		h *= FNV_PRIME;
-	}
-	return -PASS_KEY_TOO_LONG;
+	h = (h ^ w) * HASH_P1;
+	return h ^ (h >> 29);
 }
 
-/* key_matches compares the scanned key with the key stored in an entry at data[6:], a word at a
- * time; bytes past the key are masked off. */
-static __always_inline int key_matches(struct scratch *st, const struct entry_hdr *h,
-				       const __u8 *data, __u32 cap, __u32 n)
+/* hash_final mixes in the length and finishes with murmur3's fmix64, so every output bit depends
+ * on every input bit (the index and the admission sketch both use low and high bits). */
+static __always_inline __u64 hash_final(__u64 h, __u32 n)
 {
-	if (h->key_len != n)
+	h ^= n;
+	h ^= h >> 33;
+	h *= HASH_P2;
+	h ^= h >> 33;
+	h *= HASH_P3;
+	return h ^ (h >> 33);
+}
+
+/* nonprint has bit 7 set in every byte of w outside 0x21..0x7e. No carry crosses a byte: each
+ * addend works on the low 7 bits. */
+static __always_inline __u64 nonprint(__u64 w)
+{
+	__u64 lo = w & ~HIGHS;
+
+	return (w & HIGHS) | (~(lo + 0x5f * ONES) & HIGHS) | ((lo + ONES) & HIGHS);
+}
+
+/* first_byte is the index of the lowest byte flagged in m (bit 7 of bytes only, m != 0). */
+static __always_inline __u32 first_byte(__u64 m)
+{
+	__u64 b = (m & -m) >> 7;
+
+	return (__u32)((b * 0x0102030405060708ULL) >> 56) - 1;
+}
+
+/* tail_word reads the payload bytes from off up to end (fewer than 8) as the low bytes of a word,
+ * zeros (non-printable) above them. It reads the 8 bytes that end at end, which lie in the packet
+ * because the frame header precedes the command. Bytes past end (link padding) are never read. */
+static __always_inline int tail_word(void *data, void *data_end, __u32 off, __u32 end, __u64 *w)
+{
+	__u32 start;
+	__u8 *p;
+
+	if (off >= end || end - off >= 8 || end < 8 + FRAME_LEN)
+		return -1;
+	start = end - 8;
+	barrier_var(start); /* or clang adds -8 to the packet pointer, which the verifier refuses */
+	p = data + start;
+	if ((void *)(p + 8) > data_end)
+		return -1;
+	*w = *(__u64 *)p >> ((8 - (end - off)) * 8);
+	return 0;
+}
+
+/* entry_at returns the entry at arena offset loc, or NULL. */
+static __always_inline struct entry_hdr *entry_at(__u32 loc)
+{
+	__u32 page = loc >> PAGE_SHIFT_ARENA, in = loc & (PAGE_BYTES - 1);
+	struct arena_page *pg = bpf_map_lookup_elem(&arena, &page);
+
+	if (!pg)
+		return NULL;
+	return (struct entry_hdr *)(pg->b + in);
+}
+
+/* find_slot returns the index slot holding hash h, or NULL. */
+static __always_inline struct index_slot *find_slot(__u64 h)
+{
+	__u32 i = (__u32)h & cfg_index_mask;
+	struct index_slot *s = bpf_map_lookup_elem(&index_map, &i);
+
+	if (s && s->used && s->hash == h)
+		return s;
+	i = (__u32)(h >> 32) & cfg_index_mask;
+	s = bpf_map_lookup_elem(&index_map, &i);
+	if (s && s->used && s->hash == h)
+		return s;
+	return NULL;
+}
+
+/* key_matches compares the scanned key (st->key, n bytes) with the entry's, at data[6:]. */
+static __always_inline int key_matches(struct scratch *st, const struct entry_hdr *e, __u32 n)
+{
+	const __u8 *data = (const __u8 *)(e + 1);
+
+	if (e->key_len != n)
 		return 0;
-	for (__u32 w = 0; w < (KEY_MAX + 8) / 8; w++) {
+	for (__u32 w = 0; w < KEY_WORDS; w++) {
 		__u32 off = w * 8;
 		__u64 a, b, mask = ~0ULL;
 
 		if (off >= n)
 			break;
-		if (6 + off + 8 > cap)
-			return 0;
-		a = *(__u64 *)(st->key + off);
-		b = *(__u64 *)(data + 6 + off);
+		a = st->key[w];
+		b = *(const __u64 *)(data + 6 + off);
 		if (n - off < 8)
 			mask = (1ULL << ((n - off) * 8)) - 1; /* little-endian: low bytes first */
 		if ((a ^ b) & mask)
@@ -107,62 +153,132 @@ static __always_inline int key_matches(struct scratch *st, const struct entry_hd
 	return 1;
 }
 
-/* check_entry validates one entry for the scanned key and adds its piece of the reply to the
+/* check_entry validates entry e for the scanned key and adds its piece of the reply to the
  * running size and checksum. Returns 0 or a negative pass reason. */
-static __always_inline int check_entry(struct scratch *st, const struct entry_hdr *h,
-				       const __u8 *data, __u32 cap, __u32 n)
+static __always_inline int check_entry(struct scratch *st, const struct entry_hdr *e, __u32 n)
 {
 	__u64 flushed = flushed_before_ns;
-	__u32 off, len = h->len;
+	__u32 off, len = e->len, hl = e->hdr_len, cl = e->cas_len;
 
-	if (h->filled_ns < flushed)
+	if (e->filled_ns < flushed)
 		return -PASS_FLUSHED;
-	if (h->expires_ns) {
+	if (e->expires_ns) {
 		/* The clock is read only for entries that expire, once per packet. */
 		if (!st->now_ns)
 			st->now_ns = bpf_ktime_get_ns();
-		if (st->now_ns >= h->expires_ns)
+		if (st->now_ns >= e->expires_ns)
 			return -PASS_EXPIRED;
 	}
-	/* The same hash for another key: a miss, never the other key's value. */
-	if (!key_matches(st, h, data, cap, n))
+	/* The same hash for another key, or a slot read while being rewritten: a miss, never
+	 * another key's value. */
+	if (!key_matches(st, e, n))
 		return -PASS_MISS;
-	if (len == 0 || len > cap || h->hdr_len >= len || h->cas_len == 0 || h->cas_len > CAS_MAX)
+	if (len == 0 || len > DATA_MAX || hl >= len || cl == 0 || cl > CAS_MAX)
 		return -PASS_INTERNAL;
 
 	off = FRAME_LEN + st->out_len; /* payload offset of this piece */
 	if (off > MAX_PAYLOAD)
 		return -PASS_TOO_BIG;
 	if (st->gets) {
-		st->csum += csum_at(h->csum_head, off);
-		st->csum += csum_at(h->csum_cas, off + h->hdr_len);
-		st->csum += csum_at(h->csum_tail, off + h->hdr_len + h->cas_len);
-		st->out_len += len + h->cas_len;
+		st->csum += csum_at(e->csum_gets_head, off);
+		st->csum += csum_at(e->csum_tail, off + hl + cl);
+		st->out_len += len + cl;
 	} else {
-		st->csum += csum_at(h->csum_data, off);
+		st->csum += csum_at(e->csum_data, off);
 		st->out_len += len;
 	}
 	return 0;
 }
 
-#define LOOKUP_CLASS(N)                                                            \
-	case CLASS_##N: {                                                          \
-		struct entry_##N *e = bpf_map_lookup_elem(&entries_##N, &iv->version); \
-		if (!e)                                                            \
-			return -PASS_MISS;                                         \
-		ret = check_entry(st, &e->h, e->data, N, n);                       \
-		break;                                                             \
-	}
+/* scan_key scans the key at st->pos 8 bytes at a time: it validates, copies (st->key) and hashes
+ * it (st->hash), and moves st->pos past its delimiter. It returns the key length, ORed with
+ * SCAN_CRLF when "\r\n" ended the line, or a negative pass reason. A global function: the
+ * verifier checks its loop once, and its caller's state does not multiply by its exits. */
+__noinline int scan_key(struct xdp_md *ctx)
+{
+	struct scratch *st = get_scratch();
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 h = HASH_SEED;
+	__u32 pos, end, n = 0, d;
+	int found = 0;
+	__u8 *c;
 
-/* lookup_key finds key number i (at st->pos), checks it is servable and records it in slot i.
- * Returns 1 when it was the last key of the line, 0 when another follows, or a negative pass
- * reason. */
+	if (!st)
+		return -PASS_INTERNAL;
+	pos = st->pos;
+	end = st->end;
+	if (pos > 2048 || end > 2048)
+		return -PASS_MALFORMED;
+	/* Whole words first; every path out of the loop ends the key (a flagged byte, or fewer
+	 * than 8 bytes left), so the verifier walks the loop once, not once per combination. */
+	for (__u32 w = 0; w < KEY_WORDS; w++) {
+		__u32 off = pos + w * 8;
+		__u64 x, bad;
+		__u8 *p;
+
+		if (off + 8 > end) {
+			if (tail_word(data, data_end, off, end, &x))
+				return -PASS_MALFORMED;
+			bad = nonprint(x); /* never 0: the padding bytes are flagged */
+		} else {
+			p = data + off;
+			if ((void *)(p + 8) > data_end)
+				return -PASS_MALFORMED;
+			x = *(__u64 *)p;
+			bad = nonprint(x);
+			if (!bad) {
+				st->key[w] = x;
+				h = hash_word(h, x);
+				continue;
+			}
+		}
+		if (bad) {
+			__u32 k = first_byte(bad);
+
+			n = w * 8 + k;
+			if (k) {
+				x &= ~0ULL >> (64 - k * 8);
+				st->key[w] = x;
+				h = hash_word(h, x);
+			}
+			found = 1;
+		}
+		break;
+	}
+	if (!found || n > KEY_MAX)
+		return -PASS_KEY_TOO_LONG;
+	if (n == 0)
+		return -PASS_MALFORMED;
+	st->hash = hash_final(h, n);
+
+	/* The key ends with one space or with "\r\n"; any other byte is not ours to judge. */
+	d = pos + n;
+	if (d >= end || d > 4096)
+		return -PASS_MALFORMED;
+	c = data + d;
+	if ((void *)(c + 1) > data_end)
+		return -PASS_MALFORMED;
+	if (*c == ' ') {
+		st->pos = d + 1;
+		return n;
+	}
+	if (*c != '\r' || d + 2 > end || (void *)(c + 2) > data_end || c[1] != '\n')
+		return -PASS_MALFORMED;
+	st->pos = d + 2;
+	return n | SCAN_CRLF;
+}
+
+/* lookup_key scans key number i, finds its entry, checks it is servable and records it in
+ * st->locs[i]. Returns 1 when it was the last key of the line, 0 when another follows, or a
+ * negative pass reason. */
 __noinline int lookup_key(struct xdp_md *ctx, __u32 i)
 {
 	struct scratch *st = get_scratch();
-	struct index_val *iv;
-	int scanned, ret;
-	__u32 n;
+	struct index_slot *s;
+	struct entry_hdr *e;
+	int scanned, err;
+	__u32 n, loc;
 
 	if (!st)
 		return -PASS_INTERNAL;
@@ -173,76 +289,77 @@ __noinline int lookup_key(struct xdp_md *ctx, __u32 i)
 	if (n == 0 || n > KEY_MAX)
 		return -PASS_MALFORMED;
 
-	iv = bpf_map_lookup_elem(&index_map, &st->hash);
-	if (!iv)
+	s = find_slot(st->hash);
+	if (!s)
 		return -PASS_MISS;
-	switch (iv->class) {
-		LOOKUP_CLASS(128)
-		LOOKUP_CLASS(256)
-		LOOKUP_CLASS(512)
-		LOOKUP_CLASS(1024)
-		LOOKUP_CLASS(1392)
-	default:
-		return -PASS_INTERNAL;
-	}
-	if (ret < 0)
-		return ret;
-	if (!iv->referenced)
-		iv->referenced = 1;
-	st->slots[i & (MAX_KEYS - 1)].version = iv->version;
-	st->slots[i & (MAX_KEYS - 1)].class = iv->class;
-	/* Skip the key and its delimiter: one space, or "\r\n". */
-	st->pos += n + 1;
-	if (scanned & SCAN_CRLF) {
-		st->pos += 1;
-		return 1;
-	}
-	return 0;
+	loc = s->loc;
+	e = entry_at(loc);
+	if (!e || e->loc != loc)
+		return -PASS_MISS;
+	err = check_entry(st, e, n);
+	if (err < 0)
+		return err;
+	if (!s->referenced)
+		s->referenced = 1;
+	st->locs[i & (MAX_KEYS - 1)] = loc;
+	return scanned & SCAN_CRLF ? 1 : 0;
 }
 
-#define EMIT_CLASS(N)                                                                   \
-	case CLASS_##N: {                                                               \
-		struct entry_##N *e = bpf_map_lookup_elem(&entries_##N, &s->version);       \
-		__u64 len, hl, cl;                                                      \
-		if (!e)                                                                 \
-			return -1;                                                      \
-		len = e->h.len;                                                         \
-		hl = e->h.hdr_len;                                                      \
-		cl = e->h.cas_len;                                                      \
-		if (hl >= len || !in_range(len, 1, N) || !in_range(hl, 1, N) ||         \
-		    !in_range(cl, 1, CAS_MAX))                                          \
-			return -1;                                                      \
-		if (!st->gets)                                                          \
-			return bpf_xdp_store_bytes(ctx, pos, e->data, len) ? -1 : (int)len; \
-		/* Whole data shifted by the CAS length puts the value where it belongs; \
-		 * then the header and the CAS are written over the front. */           \
-		if (bpf_xdp_store_bytes(ctx, pos + cl, e->data, len) ||                 \
-		    bpf_xdp_store_bytes(ctx, pos, e->data, hl) ||                       \
-		    bpf_xdp_store_bytes(ctx, pos + hl, e->h.cas, cl))                   \
-			return -1;                                                      \
-		return (int)(len + cl);                                                 \
-	}
-
-/* emit_key writes the entry recorded in slot i at packet offset pos. Returns the bytes written
- * or -1. Entries are immutable and deleted only long after they leave the index, so this is the
- * same entry the first pass checked. */
-__noinline int emit_key(struct xdp_md *ctx, __u32 i, __u32 pos)
+/* emit_key writes the entry found for key i at packet offset pos, with "END\r\n" after it when
+ * last. Returns the bytes written, END aside, or -1. Entries are immutable and their chunks reused
+ * only long after they leave the index, so this is the entry the first pass checked. */
+__noinline int emit_key(struct xdp_md *ctx, __u32 i, __u32 pos, __u32 last)
 {
 	struct scratch *st = get_scratch();
-	struct slot *s;
+	struct entry_hdr *e;
+	__u8 *data;
+	__u64 len, hl, cl, n, tail, head;
 
 	if (!st)
 		return -1;
-	s = &st->slots[i & (MAX_KEYS - 1)];
-	switch (s->class) {
-		EMIT_CLASS(128)
-		EMIT_CLASS(256)
-		EMIT_CLASS(512)
-		EMIT_CLASS(1024)
-		EMIT_CLASS(1392)
-	default:
+	e = entry_at(st->locs[i & (MAX_KEYS - 1)]);
+	if (!e)
 		return -1;
-	}
+	data = (__u8 *)(e + 1);
+	len = e->len;
+	hl = e->hdr_len;
+	cl = e->cas_len;
+	if (!in_range(len, 1, DATA_MAX) || !in_range(hl, 1, GETS_HEAD_MAX - CAS_MAX) ||
+	    !in_range(cl, 1, CAS_MAX) || hl >= len)
+		return -1;
+	n = len + (last ? END_LEN : 0);
+	if (!in_range(n, 1, DATA_MAX + END_LEN))
+		return -1;
+	if (!st->gets)
+		return bpf_xdp_store_bytes(ctx, pos, data, n) ? -1 : (int)len;
+	/* The value part lands after the CAS; the gets header is stored whole before it. */
+	tail = n - hl;
+	head = hl + cl;
+	if (!in_range(tail, 1, DATA_MAX + END_LEN) || !in_range(head, 2, GETS_HEAD_MAX))
+		return -1;
+	if (bpf_xdp_store_bytes(ctx, pos + head, data + hl, tail) ||
+	    bpf_xdp_store_bytes(ctx, pos, data + len + END_LEN, head))
+		return -1;
+	return (int)(len + cl);
+}
+
+/* restore_key writes key i of the request at pos (from its entry, which matched it exactly) and
+ * returns its length, or -1. Used only to put a request back after a failed reply. */
+__noinline int restore_key(struct xdp_md *ctx, __u32 i, __u32 pos)
+{
+	struct scratch *st = get_scratch();
+	struct entry_hdr *e;
+	__u64 n;
+
+	if (!st)
+		return -1;
+	e = entry_at(st->locs[i & (MAX_KEYS - 1)]);
+	if (!e)
+		return -1;
+	n = e->key_len;
+	if (!in_range(n, 1, KEY_MAX))
+		return -1;
+	return bpf_xdp_store_bytes(ctx, pos, (__u8 *)(e + 1) + 6, n) ? -1 : (int)n;
 }
 
 /* pass counts the reason and lets the packet up the stack untouched. */
@@ -252,36 +369,22 @@ static __always_inline int pass(__u32 reason)
 	return XDP_PASS;
 }
 
-/* restore puts the request back after a failed reply: original length and command bytes. */
-static __always_inline int restore(struct xdp_md *ctx, struct scratch *st, __u32 orig_len,
-				   __u32 cmd_off, __u32 cmd_len)
-{
-	int cur = bpf_xdp_get_buff_len(ctx);
-
-	if (bpf_xdp_adjust_tail(ctx, (int)orig_len - cur))
-		return -1;
-	if (cmd_len == 0 || cmd_len > MAX_PAYLOAD)
-		return -1;
-	return bpf_xdp_store_bytes(ctx, cmd_off, st->saved, cmd_len);
-}
-
 /* finish_headers turns the request's headers into the reply's: swapped addresses, new lengths,
- * the reply mark, and both checksums. */
+ * the reply mark, and both checksums. It checks every bound before it writes anything. */
 static __always_inline int finish_headers(struct xdp_md *ctx, const struct l4_info *l4,
 					  __u32 payload_len, __u64 payload_csum)
 {
-	void *data, *data_end;
-	struct udphdr *udp;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct udphdr *udp = data + (l4->l4_off & 0xff);
 	__u64 sum = payload_csum;
 	__u32 ulen = payload_len + sizeof(struct udphdr);
 	__u8 dscp = cfg_reply_dscp;
 
-	if (swap_addrs(ctx, l4))
+	/* The UDP header comes after the Ethernet and IP headers: all are in bounds. */
+	if ((void *)(udp + 1) > data_end || l4->l3_off >= l4->l4_off)
 		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	udp = data + (l4->l4_off & 0xff);
-	if ((void *)(udp + 1) > data_end)
+	if (swap_addrs(ctx, l4))
 		return -1;
 	udp->len = bpf_htons(ulen);
 	udp->check = 0;
@@ -322,13 +425,73 @@ static __always_inline int finish_headers(struct xdp_md *ctx, const struct l4_in
 	return 0;
 }
 
+/* source_of reads the request's source address, IPv4 as IPv4-mapped IPv6. */
+static __always_inline int source_of(struct xdp_md *ctx, const struct l4_info *l4,
+				     struct in6_addr *a)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (l4->ipv6) {
+		struct ipv6hdr *ip6 = data + (l4->l3_off & 0xff);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		*a = ip6->saddr;
+	} else {
+		struct iphdr *ip = data + (l4->l3_off & 0xff);
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		a->in6_u.u6_addr32[0] = 0;
+		a->in6_u.u6_addr32[1] = 0;
+		a->in6_u.u6_addr32[2] = bpf_htonl(0xffff);
+		a->in6_u.u6_addr32[3] = ip->saddr;
+	}
+	return 0;
+}
+
+/* admit_source applies the allow-list and the per-source rate (GCRA). Returns 0 or a pass
+ * reason. Called only for a request the kernel would otherwise answer, so misses never pay. */
+static __always_inline int admit_source(struct xdp_md *ctx, const struct l4_info *l4,
+					struct scratch *st)
+{
+	struct allow_key k = { .prefixlen = 128 };
+	__u64 interval = cfg_interval_ns, *tat, now, t;
+
+	if (source_of(ctx, l4, (struct in6_addr *)k.addr))
+		return PASS_MALFORMED;
+	if (!bpf_map_lookup_elem(&allow_sources, &k))
+		return PASS_NOT_ALLOWED;
+	if (!interval)
+		return 0;
+	if (!st->now_ns)
+		st->now_ns = bpf_ktime_get_ns();
+	now = st->now_ns;
+	tat = bpf_map_lookup_elem(&source_tat, k.addr);
+	if (!tat) {
+		t = now + interval;
+		bpf_map_update_elem(&source_tat, k.addr, &t, BPF_ANY);
+		return 0;
+	}
+	t = *tat;
+	if (t < now)
+		t = now;
+	if (t - now > cfg_burst_ns)
+		return PASS_RATE_LIMITED;
+	/* A plain store: two CPUs racing on one source may both pass, a bounded overshoot. */
+	*tat = t + interval;
+	return 0;
+}
+
 static __always_inline int handle_request(struct xdp_md *ctx)
 {
 	struct l4_info l4 = {};
 	struct scratch *st;
+	struct counter_set *cs;
 	struct mc_frame *fr;
 	void *data, *data_end;
-	__u32 cmd_off, cmd_len, orig_len, nkeys = 0, total, pos, ip_hdr;
+	__u32 cmd_off, cmd_len, prefix_len, orig_len, nkeys = 0, total, pos, ip_hdr;
 	int ret, done = 0, delta, head_grown = 0;
 
 	ret = parse_udp(ctx, cfg_port, &l4);
@@ -362,14 +525,16 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 			return pass(PASS_NOT_GET);
 		if (c[3] == ' ') {
 			st->gets = 0;
-			st->pos = cmd_off + 4;
+			prefix_len = 4;
 		} else if (c[3] == 's' && c[4] == ' ') {
 			st->gets = 1;
-			st->pos = cmd_off + 5;
+			prefix_len = 5;
 		} else {
 			return pass(PASS_NOT_GET);
 		}
 	}
+	st->pos = cmd_off + prefix_len;
+	st->end = cmd_off + cmd_len;
 	st->now_ns = 0;
 	st->out_len = 0;
 	st->csum = bpf_ntohs(fr->request_id) + 1; /* frame header words: id, seq 0, total 1, 0 */
@@ -400,13 +565,14 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	ip_hdr = l4.ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	if (total > MAX_PAYLOAD || ip_hdr + sizeof(struct udphdr) + total > cfg_mtu)
 		return pass(PASS_TOO_BIG);
+	/* Not a reflector (DESIGN.md invariant 7): bounded amplification, allowed sources only,
+	 * each within its rate. */
+	if ((__u64)total * 16 > (__u64)l4.payload_len * cfg_max_amp_x16)
+		return pass(PASS_AMPLIFICATION);
+	ret = admit_source(ctx, &l4, st);
+	if (ret)
+		return pass(ret);
 	st->csum += csum_at(END_CSUM, FRAME_LEN + st->out_len);
-
-	/* Keep the command bytes so a failure below can put the packet back as it came. */
-	if (cmd_len == 0 || cmd_len > MAX_PAYLOAD)
-		return pass(PASS_MALFORMED);
-	if (bpf_xdp_load_bytes(ctx, cmd_off, st->saved, cmd_len))
-		return pass(PASS_INTERNAL);
 
 	orig_len = bpf_xdp_get_buff_len(ctx);
 	delta = (int)(l4.l4_off + sizeof(struct udphdr) + total) - (int)orig_len;
@@ -428,29 +594,49 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	for (__u32 i = 0; i < MAX_KEYS; i++) {
 		if (i >= nkeys)
 			break;
-		ret = emit_key(ctx, i, pos);
+		ret = emit_key(ctx, i, pos, i + 1 == nkeys);
 		if (ret < 0)
 			goto fail;
 		pos += ret;
 	}
-	if (bpf_xdp_store_bytes(ctx, pos, "END\r\n", END_LEN))
-		goto fail;
 	if (finish_headers(ctx, &l4, total, st->csum))
 		goto fail; /* unreachable: the headers were in bounds before the resize */
 
-	count(CNT_REQUESTS, 1);
-	count(CNT_HITS, nkeys);
-	count(CNT_BYTES, total);
+	cs = counter_set();
+	if (cs) {
+		cs->n[CNT_REQUESTS] += 1;
+		cs->n[CNT_HITS] += nkeys;
+		cs->n[CNT_BYTES] += total;
+	}
 	return XDP_TX;
 
 fail:
+	/* Unreachable by construction (every bound was checked before the resize); if a helper
+	 * fails anyway, put the request back: same length, and the command rebuilt from the keys,
+	 * which matched the entries exactly. */
 	if (head_grown) {
-		/* Drop the grown head; the original headers are then in front again, and only
-		 * the command bytes may have been overwritten. */
 		if (!bpf_xdp_adjust_head(ctx, head_grown) && cmd_off <= HDR_MAX && cmd_off >= 14)
 			bpf_xdp_store_bytes(ctx, 0, st->headers, cmd_off);
 	}
-	restore(ctx, st, orig_len, cmd_off, cmd_len);
+	{
+		int cur = bpf_xdp_get_buff_len(ctx);
+
+		if (bpf_xdp_adjust_tail(ctx, (int)orig_len - cur))
+			return pass(PASS_INTERNAL);
+	}
+	if (bpf_xdp_store_bytes(ctx, cmd_off, st->gets ? "gets " : "get ", prefix_len))
+		return pass(PASS_INTERNAL);
+	pos = cmd_off + prefix_len;
+	for (__u32 i = 0; i < MAX_KEYS; i++) {
+		if (i >= nkeys)
+			break;
+		ret = restore_key(ctx, i, pos);
+		if (ret < 0)
+			break;
+		pos += ret;
+		bpf_xdp_store_bytes(ctx, pos, i + 1 == nkeys ? "\r\n" : " ", i + 1 == nkeys ? 2 : 1);
+		pos += i + 1 == nkeys ? 2 : 1;
+	}
 	return pass(PASS_INTERNAL);
 }
 

@@ -1,111 +1,139 @@
 /* cache_maps.h: the kernel cache's maps, entry layout and runtime settings.
  *
- * Entries are immutable once inserted. Each lives in the hash map of its size class, keyed by a
- * version number userspace never reuses; the index maps the FNV-1a hash of a key to the class and
- * version of its current entry. Userspace publishes an entry by inserting it and then pointing the
- * index at it, retires it by deleting or repointing the index, and deletes the entry itself only
- * seconds later, so a program that read the old index value still reads whole, unchanged bytes.
+ * Every map on the hit path is an ARRAY, whose lookups the verifier inlines (a bounds check and an
+ * add, ~2 ns, against 20-40 ns for a hash map lookup).
+ *
+ *   index_map  slots addressed by (hash & mask): a key lives in one of two slots (hash, hash>>32),
+ *              which hold its full 64-bit hash and where its entry is in the arena.
+ *   arena      fixed-size pages (mmapped by userspace) cut into chunks of one size class each, like
+ *              memcached's slabs. A chunk holds one immutable entry: header, the server's reply
+ *              bytes for the item, and the gets header.
+ *
+ * Userspace writes an entry into a free chunk, then points an index slot at it; it retires an entry
+ * by clearing or repointing the slot and reuses the chunk only seconds later, so a program run that
+ * read the old slot still reads whole, unchanged bytes. A torn read of a slot being rewritten can
+ * only pair a hash with another key's entry, which the exact key comparison turns into a miss.
  * A global "flushed before" time and each entry's fill time make a flush O(1).
  */
 #pragma once
 
 #include "common.h"
 
-#define KEY_MAX 250     /* memcached's longest key */
-#define MAX_KEYS 32     /* keys of one get handled in the kernel; more pass */
+#define KEY_MAX 250      /* memcached's longest key */
+#define KEY_WORDS 32     /* 8-byte words scanned for a key: 256 bytes, so 251+ is "too long" */
+#define MAX_KEYS 32      /* keys of one get handled in the kernel; more pass */
 #define MAX_PAYLOAD 1400 /* largest UDP payload memcached sends in one datagram */
-#define CAS_MAX 24      /* " <cas unique>": a space and up to 20 digits */
-#define HDR_MAX 128     /* Ethernet, VLAN, IPv6, UDP and frame headers fit */
+#define CAS_MAX 24       /* " <cas unique>": a space and up to 20 digits */
+#define HDR_MAX 128      /* Ethernet, VLAN, IPv6, UDP and frame headers fit */
+#define END_LEN 5        /* "END\r\n" */
+
+#define PAGE_SHIFT_ARENA 16
+#define PAGE_BYTES (1 << PAGE_SHIFT_ARENA) /* arena page: 64 KiB */
+#define CHUNK_MAX 2048                     /* largest chunk; a chunk never crosses a page */
+#define DATA_MAX (MAX_PAYLOAD - 8 - END_LEN) /* reply bytes of one entry, frame header and END aside */
+#define GETS_HEAD_MAX (6 + KEY_MAX + 1 + 10 + 1 + 4 + CAS_MAX) /* "VALUE k f n cas" */
 
 /* Runtime settings, fixed before load by userspace (volatile: clang must not fold them). */
-volatile const __u16 cfg_port = 11211; /* UDP port answered, host order */
+volatile const __u16 cfg_port = 11211;  /* UDP port answered, host order */
 volatile const __u8 cfg_reply_dscp = 0; /* DSCP written on kernel replies; 0 leaves TOS alone */
 volatile const __u32 cfg_mtu = 1500;    /* largest IP packet a reply may be */
+volatile const __u32 cfg_index_mask = 0; /* index_map entries - 1 (a power of two) */
+/* Reply bytes allowed per request byte (UDP payloads), times 16: 64x is 1024. */
+volatile const __u32 cfg_max_amp_x16 = 1024;
+/* Per-source rate limit as GCRA: one reply costs cfg_interval_ns, and a source may run
+ * cfg_burst_ns ahead of its schedule ((burst-1) intervals). 0 interval: no limit. */
+volatile const __u64 cfg_interval_ns = 0;
+volatile const __u64 cfg_burst_ns = 0;
 
 /* Entries filled before this CLOCK_MONOTONIC time are dead. Userspace raises it with one aligned
  * 8-byte store into the mmapped .bss, so the program never sees a torn value. */
 volatile __u64 flushed_before_ns = 0;
 
-/* entry_hdr is the fixed part of every entry; data follows it in the class struct. */
+/* entry_hdr starts every chunk. After it come data[len + 5] ("VALUE <key> <flags> <bytes>\r\n"
+ * "<value>\r\nEND\r\n": the get reply for the item, END included so that the last key of a reply
+ * is one store) and gets_head[hdr_len + cas_len] ("VALUE <key> <flags> <bytes> <cas>"). */
 struct entry_hdr {
-	__u64 expires_ns; /* CLOCK_MONOTONIC expiry; 0 = never */
-	__u64 filled_ns;  /* CLOCK_MONOTONIC time userspace built the entry */
-	__u16 len;        /* bytes of data: "VALUE <key> <flags> <bytes>\r\n<value>\r\n" */
-	__u16 hdr_len;    /* length of "VALUE <key> <flags> <bytes>", where gets inserts cas */
-	__u16 key_len;    /* key bytes at data[6:] */
-	__u16 cas_len;    /* bytes of cas */
-	__u32 csum_data;  /* folded sum of data[0:len] */
-	__u32 csum_head;  /* folded sum of data[0:hdr_len] */
-	__u32 csum_tail;  /* folded sum of data[hdr_len:len], counted from its own first byte */
-	__u32 csum_cas;   /* folded sum of cas[0:cas_len] */
-	__u8 cas[CAS_MAX]; /* " <cas unique>" as the server writes it for gets */
+	__u64 expires_ns;     /* CLOCK_MONOTONIC expiry; 0 = never */
+	__u64 filled_ns;      /* CLOCK_MONOTONIC time userspace built the entry */
+	__u16 len;            /* data bytes without the trailing "END\r\n" */
+	__u16 hdr_len;        /* length of "VALUE <key> <flags> <bytes>", where gets inserts cas */
+	__u16 key_len;        /* key bytes at data[6:] */
+	__u16 cas_len;        /* bytes of " <cas>" */
+	__u32 csum_data;      /* folded sum of data[0:len] */
+	__u32 csum_gets_head; /* folded sum of gets_head[0:hdr_len+cas_len] */
+	__u32 csum_tail;      /* folded sum of data[hdr_len:len], counted from its own first byte */
+	__u32 loc;            /* the entry's own arena offset: a torn index read cannot land on
+			       * bytes that are not an entry and pass for one */
 };
 
-/* Size classes, so memory follows item size. The largest holds the biggest get reply that fits
- * one datagram: 1400 - 8 (frame header) - 5 ("END\r\n") rounded up to 8 bytes. */
-#define DEFINE_CLASS(N)                                                                     \
-	struct entry_##N {                                                                  \
-		struct entry_hdr h;                                                         \
-		__u8 data[N];                                                               \
-	};                                                                                  \
-	/* entries_N: key entry version, value an immutable entry of up to N data bytes. */ \
-	struct {                                                                            \
-		__uint(type, BPF_MAP_TYPE_HASH);                                            \
-		__uint(map_flags, BPF_F_NO_PREALLOC);                                       \
-		__uint(max_entries, 1);                                                     \
-		__type(key, __u64);                                                         \
-		__type(value, struct entry_##N);                                            \
-	} entries_##N SEC(".maps");
-
-DEFINE_CLASS(128)
-DEFINE_CLASS(256)
-DEFINE_CLASS(512)
-DEFINE_CLASS(1024)
-DEFINE_CLASS(1392)
-
-enum entry_class {
-	CLASS_128 = 0,
-	CLASS_256,
-	CLASS_512,
-	CLASS_1024,
-	CLASS_1392,
+/* arena_page is one page of chunks. Chunks lie within the first PAGE_BYTES; the guard after them
+ * lets the verifier prove that any read of up to CHUNK_MAX bytes from a chunk stays in the value. */
+struct arena_page {
+	__u8 b[PAGE_BYTES + CHUNK_MAX];
 };
 
-/* index_val says where a key's current entry is. */
-struct index_val {
-	__u64 version;    /* key of the entry in its class map */
-	__u32 class;      /* enum entry_class */
-	__u32 referenced; /* set by the program on a hit: the CLOCK bit userspace reads and clears */
-};
-
-/* index: key the FNV-1a 64 hash of a memcached key, value where its entry is. */
+/* arena: key page number, value a page of chunks (BPF_F_MMAPABLE: userspace writes entries in
+ * place). Its size is set from the byte budget in Go. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, struct index_val);
+	__type(key, __u32);
+	__type(value, struct arena_page);
+} arena SEC(".maps");
+
+/* index_slot says where a key's current entry is. */
+struct index_slot {
+	__u64 hash;       /* full key hash; 0 with used 0 is an empty slot */
+	__u32 loc;        /* arena byte offset of the entry: page << 16 | offset in page */
+	__u8 used;        /* 1: the slot holds a key */
+	__u8 referenced;  /* set by the program on a hit: the CLOCK bit userspace reads and clears */
+	__u16 pad;
+};
+
+/* index_map: key (hash & mask) or (hash >> 32 & mask), value the slot. Size set from Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct index_slot);
 } index_map SEC(".maps");
 
-/* slot records a key found in the first pass, for the second pass to copy. */
-struct slot {
-	__u64 version;
-	__u32 class;
-	__u32 pad;
+/* allow_key is an LPM key: IPv4 sources as IPv4-mapped IPv6 (::ffff:a.b.c.d, prefix 96 + len). */
+struct allow_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
+
+/* allow_sources: key a source prefix, value 1. Only sources in it are answered. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct allow_key);
+	__type(value, __u8);
+} allow_sources SEC(".maps");
+
+/* source_tat: key a source address (IPv4-mapped for IPv4), value its GCRA theoretical arrival
+ * time in CLOCK_MONOTONIC ns. LRU: a flood of sources evicts old state, never grows memory. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct in6_addr);
+	__type(value, __u64);
+} source_tat SEC(".maps");
 
 /* scratch is per-CPU working memory for one packet. */
 struct scratch {
-	__u64 now_ns;   /* bpf_ktime_get_ns(), read at most once per packet; 0 = not yet */
-	__u64 csum;     /* running sum of the reply's UDP payload */
-	__u64 hash;     /* hash of the key just scanned */
-	__u32 pos;      /* packet offset of the next key */
-	__u32 out_len;  /* reply bytes after the frame header so far */
-	__u32 gets;     /* 1 for gets: insert the CAS unique */
-	__u32 pad;
-	struct slot slots[MAX_KEYS];
-	__u8 key[KEY_MAX + 14]; /* the key just scanned, room to read whole words past its end */
-	__u8 saved[MAX_PAYLOAD]; /* the request's command bytes, to restore if the reply fails */
+	__u64 now_ns;  /* bpf_ktime_get_ns(), read at most once per packet; 0 = not yet */
+	__u64 csum;    /* running sum of the reply's UDP payload */
+	__u64 hash;    /* hash of the key just scanned */
+	__u32 pos;     /* packet offset of the next key */
+	__u32 end;     /* packet offset where the command ends */
+	__u32 out_len; /* reply bytes after the frame header so far */
+	__u32 gets;    /* 1 for gets: insert the CAS unique */
+	__u32 locs[MAX_KEYS];    /* arena offset of each key's entry, found in the first pass */
+	__u64 key[KEY_WORDS];    /* the key just scanned, as little-endian words, zero-padded */
 	__u8 headers[HDR_MAX];   /* the request's headers, when the reply grows at the head */
 };
 

@@ -1,8 +1,9 @@
 /* counters.h: the per-CPU counters the programs keep and the reasons a packet is passed.
  *
- * One PERCPU_ARRAY slot per counter, so the hot path increments without atomics; userspace sums
- * the CPUs at scrape time. bpf2go generates the Go mirror of enum counter (-type counter), so the
- * collector's reason labels and these indexes cannot drift apart.
+ * All counters sit in one per-CPU struct, so a packet looks it up once and increments with plain
+ * adds, no atomics; userspace sums the CPUs at scrape time. bpf2go generates the Go mirror of
+ * enum counter (-type counter), so the collector's reason labels and these indexes cannot drift
+ * apart.
  */
 #pragma once
 
@@ -28,21 +29,38 @@ enum counter {
 	PASS_TOO_BIG,        /* the request or the reply does not fit one datagram */
 	PASS_MALFORMED,      /* lengths or syntax this program does not accept */
 	PASS_INTERNAL,       /* a helper failed; the packet is restored and passed */
+	PASS_NOT_ALLOWED,    /* a source outside the allow-list */
+	PASS_RATE_LIMITED,   /* a source over its reply rate */
+	PASS_AMPLIFICATION,  /* the reply would be too many times the request's size */
 	CNT_MAX,
 };
 
-/* counters: key enum counter, value a per-CPU event count. */
+/* counter_set is every counter of one CPU. */
+struct counter_set {
+	__u64 n[CNT_MAX];
+};
+
+/* counters: key 0, value this CPU's counters, indexed by enum counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct counter_set);
 } counters SEC(".maps");
+
+static __always_inline struct counter_set *counter_set(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&counters, &zero);
+}
 
 static __always_inline void count(__u32 which, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+	struct counter_set *c = counter_set();
+	__u64 w = which;
 
-	if (v)
-		*v += n;
+	/* in_range keeps the bounds check on the register that indexes. */
+	if (c && in_range(w, 0, CNT_MAX - 1))
+		c->n[w] += n;
 }
