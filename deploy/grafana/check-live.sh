@@ -28,9 +28,6 @@ trap cleanup EXIT
 go build -o "$WORK/xdpcache" ./cmd/xdpcache
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-# serve hands the interface MTU to the kernel cache, which accepts an Ethernet-sized one only;
-# lo's 65536 is refused.
-ip -n "$NS" link set lo mtu 1500
 in_ns() { ip netns exec "$NS" "$@"; }
 # The program-time panel needs the kernel's per-program accounting; restored on exit.
 sysctl -q kernel.bpf_stats_enabled=1
