@@ -231,8 +231,16 @@ func recordHistory(t *testing.T, r *rig, ops int, limit time.Duration) ([]porcup
 		return local, nil
 	}
 
+	// Closed on return, so that repeated histories (the soak test) do not pile up connections.
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
 	for c := 0; c < udpClients; c++ {
 		g := r.udpGetter(t, 250*time.Millisecond)
+		closers = append(closers, g.conn.Close)
 		rng := rand.New(rand.NewPCG(uint64(c), 1))
 		wg.Add(1)
 		go func(id int) {
@@ -261,6 +269,7 @@ func recordHistory(t *testing.T, r *rig, ops int, limit time.Duration) ([]porcup
 	for c := 0; c < tcpClients; c++ {
 		tc := r.dialText(t)
 		g := r.udpGetter(t, 250*time.Millisecond)
+		closers = append(closers, tc.conn.Close, g.conn.Close)
 		rng := rand.New(rand.NewPCG(uint64(c), 2))
 		wg.Add(1)
 		go func(id int) {
