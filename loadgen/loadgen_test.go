@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"image/png"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -440,4 +442,21 @@ func TestWarmupSettle(t *testing.T) {
 	if el := time.Since(start); el < 2500*time.Millisecond {
 		t.Errorf("run took %s: the warmup cannot have waited for the switch at 1.5 s to settle", el)
 	}
+}
+
+// TestServerDown runs against a port where nothing listens: the run must end on time with every
+// request accounted for as a timeout or an error (ICMP port unreachable), and no answers.
+func TestServerDown(t *testing.T) {
+	port := freeUDPPort(t)
+	cfg := quick(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	cfg.Timeout = 200 * time.Millisecond
+	start := time.Now()
+	rep := run(t, cfg)
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("run against a closed port took %s", el)
+	}
+	if rep.AchievedRate != 0 || rep.Timeouts+rep.Errors == 0 {
+		t.Errorf("achieved %.0f, timeouts %d, errors %d", rep.AchievedRate, rep.Timeouts, rep.Errors)
+	}
+	accounted(t, rep)
 }

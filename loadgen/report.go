@@ -122,6 +122,11 @@ func (r *Report) finish(workers []*worker, window time.Duration) {
 			"generator could not send %d of %d scheduled requests (%.1f%%): its own ceiling, not the server's",
 			unsent, all, 100*float64(unsent)/float64(all)))
 	}
+	if c := r.Config; c.Proto == "udp" && c.Rate > 0 && c.Rate/float64(c.Conns)*c.Timeout.Seconds() > 1<<16 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf(
+			"%.0f requests per socket can be in flight within the timeout, over the 65536 UDP request ids: ids are recycled and the oldest counted as timeouts (add --conns or lower --timeout)",
+			c.Rate/float64(c.Conns)*c.Timeout.Seconds()))
+	}
 	if total.overflow > 0 {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("%d latencies beyond 100 s recorded as 100 s", total.overflow))
 	}

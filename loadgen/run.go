@@ -356,6 +356,7 @@ type snapshot struct {
 	sent, timeouts, errors uint64
 	lagMax                 int64
 	at                     time.Time
+	interval               time.Duration // for a difference of two snapshots
 }
 
 func take(workers []*worker) snapshot {
@@ -380,7 +381,7 @@ func (s snapshot) sub(o snapshot) snapshot {
 	d.sent -= o.sent
 	d.timeouts -= o.timeouts
 	d.errors -= o.errors
-	d.at = time.Unix(0, 0).Add(s.at.Sub(o.at)) // the interval, kept as a time since the epoch
+	d.interval = s.at.Sub(o.at)
 	return d
 }
 
@@ -401,7 +402,7 @@ func (s snapshot) kernelShare() float64 {
 }
 
 func (s snapshot) String() string {
-	secs := s.at.Sub(time.Unix(0, 0)).Seconds()
+	secs := s.interval.Seconds()
 	if secs <= 0 {
 		secs = 1
 	}
