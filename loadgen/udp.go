@@ -88,8 +88,9 @@ type completion struct {
 	ok       bool
 }
 
-// Stray replies (unknown request id) are common after timeouts and harmless; they are counted
-// only as part of the datagrams read.
+// sweepEvery is how often outstanding requests are checked against the timeout (and the longest a
+// receiver waits before checking). Replies to requests already given up are dropped silently:
+// they are expected after timeouts.
 const sweepEvery = 5 * time.Millisecond
 
 func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val valueSource, inflight int) (*udpTransport, error) {
@@ -99,7 +100,7 @@ func newUDPTransport(w *worker, conn *net.UDPConn, ks *workload.KeySpace, val va
 		v6 = true
 	}
 	// x/net/ipv4 has no TOS control message flag, so the socket option is set directly and the
-	// control message parsed by parseTOS.
+	// control message parsed by parseCmsgs.
 	level, opt := unix.IPPROTO_IP, unix.IP_RECVTOS
 	t.bc = ipv4.NewPacketConn(conn)
 	if v6 {
