@@ -114,16 +114,29 @@ func TestClassificationWrongMark(t *testing.T) {
 	}
 }
 
-// TestReassembly sends 5000-byte values split into 1400-byte datagrams, last first and each twice;
-// every reply must be reassembled into one user hit, with the set path alongside.
+// TestReassembly sends 5000-byte and 100,000-byte values (4 and 72 datagrams) split into
+// 1400-byte datagrams, last first and each twice; every reply must be reassembled into one user
+// hit, with the set path alongside.
 func TestReassembly(t *testing.T) {
+	for _, size := range []int{5000, 100_000} {
+		// 72 datagrams sent twice per reply: a lower rate keeps the fake server's work modest.
+		rate := 4000.0
+		if size > 50_000 {
+			rate = 500
+		}
+		t.Run(strconv.Itoa(size), func(t *testing.T) { testReassembly(t, size, rate) })
+	}
+}
+
+func testReassembly(t *testing.T, size int, rate float64) {
 	f := newFakeUDP(t, "udp4", "127.0.0.1:0")
 	f.hasKey = func(uint64) bool { return true }
-	f.valueSize = 5000
+	f.valueSize = size
 	f.reverse = true
 	f.duplicate = true
 	f.serve()
 	cfg := quick(f.addr())
+	cfg.Rate = rate
 	cfg.GetRatio = 0.8
 	cfg.ValueSize = "3000"
 	rep := run(t, cfg)
