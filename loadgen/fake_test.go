@@ -36,6 +36,8 @@ type fakeUDP struct {
 	dropPart  func(key uint64) bool // lose datagram 1 of a multi-datagram reply for key
 	wrongKey  func(key uint64) bool // answer a hit for another key
 	delay     time.Duration         // hold every reply this long
+	stallAt   uint64                // before handling request number stallAt (from 1), stop for stall
+	stall     time.Duration
 
 	mu       sync.Mutex // serialises TOS changes with the send they apply to
 	stored   sync.Map   // key index -> value size
@@ -99,6 +101,9 @@ func (f *fakeUDP) serve() {
 
 func (f *fakeUDP) handle(d []byte, from *net.UDPAddr, at time.Time) {
 	i := f.n.Add(1) - 1
+	if f.stallAt > 0 && i+1 == f.stallAt {
+		time.Sleep(f.stall) // requests queue in the socket meanwhile, as behind a stalled server
+	}
 	f.mu.Lock()
 	f.arrivals = append(f.arrivals, at.Sub(f.start).Nanoseconds())
 	f.mu.Unlock()

@@ -473,3 +473,27 @@ func TestServerDown(t *testing.T) {
 	}
 	accounted(t, rep)
 }
+
+// TestCoordinatedOmission stalls the server once for 200 ms in a 1 s run at 2000 req/s. About 400
+// requests fall due during the stall; measured from their intended send times their latencies
+// spread up to 200 ms, so p90 is near 100 ms. A generator that waited for replies before sending
+// (coordinated omission) would see one slow request and a p90 of microseconds.
+func TestCoordinatedOmission(t *testing.T) {
+	f := newFakeUDP(t, "udp4", "127.0.0.1:0")
+	f.hasKey = func(uint64) bool { return true }
+	f.stallAt = 500
+	f.stall = 200 * time.Millisecond
+	f.serve()
+	cfg := quick(f.addr())
+	cfg.Rate = 2000
+	cfg.Duration = time.Second
+	rep := run(t, cfg)
+	hit := rep.Classes["user_hit"]
+	if hit.P90Us < 50_000 || hit.MaxUs < 150_000 {
+		t.Errorf("p90 %.0f µs, max %.0f µs after a 200 ms stall: the stall is not charged to the requests due during it", hit.P90Us, hit.MaxUs)
+	}
+	t.Logf("p50 %.0f µs, p90 %.0f µs, p99 %.0f µs, max %.0f µs", hit.P50Us, hit.P90Us, hit.P99Us, hit.MaxUs)
+	if rep.Timeouts != 0 || rep.Schedule.Unsent > 4 {
+		t.Errorf("timeouts %d, unsent %d: the schedule must go on through the stall", rep.Timeouts, rep.Schedule.Unsent)
+	}
+}
