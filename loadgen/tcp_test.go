@@ -75,10 +75,17 @@ func accounted(t *testing.T, r *Report) {
 }
 
 func TestTCPPipelined(t *testing.T) {
+	t.Run("open", func(t *testing.T) { testTCPPipelined(t, 4000) })
+	t.Run("closed", func(t *testing.T) { testTCPPipelined(t, 0) })
+}
+
+func testTCPPipelined(t *testing.T, rate float64) {
 	addr, replies := fakeTCP(t, 0, 0)
 	cfg := quick(addr)
 	cfg.Proto = "tcp"
 	cfg.GetRatio = 0.5
+	cfg.Rate = rate
+	cfg.Concurrency = 8
 	rep := run(t, cfg)
 	if rep.Timeouts != 0 || rep.Errors != 0 || count(rep, UserMiss) == 0 || count(rep, Set) == 0 {
 		t.Errorf("misses %d, sets %d, timeouts %d, errors %d", count(rep, UserMiss), count(rep, Set), rep.Timeouts, rep.Errors)
