@@ -41,7 +41,8 @@ const struct entry_hdr *unused_entry_hdr __attribute__((unused));
 /* Sum of "END\r\n" as big-endian words from an even offset. */
 #define END_CSUM (0x454E + 0x440D + 0x0A00)
 
-#define SCAN_CRLF 0x10000 /* lookup_key: the key ended the line */
+#define SCAN_CRLF 0x10000 /* scan_key: the key ended the line */
+#define COPY_DIRECT_MAX 128 /* entries up to this size are copied with word stores */
 
 static __always_inline struct scratch *get_scratch(void)
 {
@@ -305,6 +306,34 @@ __noinline int lookup_key(struct xdp_md *ctx, __u32 i)
 	return scanned & SCAN_CRLF ? 1 : 0;
 }
 
+/* copy_direct copies n (8..COPY_DIRECT_MAX) bytes from src to packet offset pos in 8-byte words,
+ * the last word overlapping the one before it. For small entries this is cheaper than
+ * bpf_xdp_store_bytes, whose call costs ~20 ns before it copies a byte (see BenchmarkCacheVsEcho). */
+static __always_inline int copy_direct(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 off = pos, t = n - 8;
+	__u8 *p, *q;
+
+	if (!in_range(off, 0, 2048) || !in_range(t, 0, COPY_DIRECT_MAX - 8))
+		return -1;
+	p = data + off;
+	for (__u32 w = 0; w < COPY_DIRECT_MAX / 8; w++) {
+		if (w * 8 >= t)
+			break;
+		q = p + w * 8;
+		if ((void *)(q + 8) > data_end)
+			return -1;
+		*(__u64 *)q = *(const __u64 *)(src + w * 8);
+	}
+	q = p + t;
+	if ((void *)(q + 8) > data_end)
+		return -1;
+	*(__u64 *)q = *(const __u64 *)(src + t);
+	return 0;
+}
+
 /* emit_key writes the entry found for key i at packet offset pos, with "END\r\n" after it when
  * last. Returns the bytes written, END aside, or -1. Entries are immutable and their chunks reused
  * only long after they leave the index, so this is the entry the first pass checked. */
@@ -330,6 +359,8 @@ __noinline int emit_key(struct xdp_md *ctx, __u32 i, __u32 pos, __u32 last)
 	n = len + (last ? END_LEN : 0);
 	if (!in_range(n, 1, DATA_MAX + END_LEN))
 		return -1;
+	if (!st->gets && n <= COPY_DIRECT_MAX)
+		return copy_direct(ctx, pos, data, n) ? -1 : (int)len;
 	if (!st->gets)
 		return bpf_xdp_store_bytes(ctx, pos, data, n) ? -1 : (int)len;
 	/* The value part lands after the CAS; the gets header is stored whole before it. */
@@ -414,6 +445,7 @@ static __always_inline int finish_headers(struct xdp_md *ctx, const struct l4_in
 		ip->ttl = 64;
 		if (dscp)
 			ip->tos = (dscp << 2) | (ip->tos & 3);
+		/* Recomputed, not updated: a request with a wrong header sum gets a right one. */
 		ip->check = 0;
 		ip->check = bpf_htons(~csum_fold(csum_words(ip, 10)) & 0xffff);
 		sum += csum_words(&ip->saddr, 4);
