@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
@@ -186,33 +187,46 @@ func gather(t *testing.T, reg *prometheus.Registry, name, reason string) float64
 	return 0
 }
 
+// TestAttach attaches to lo inside a namespace of its own: the host's lo may carry another
+// test's program (go test runs packages in parallel) or a real deployment's.
 func TestAttach(t *testing.T) {
 	testenv.RequireRoot(t)
-	c := newTestCache(t, Options{})
-	if _, err := c.Attach("no-such-if0", ModeAuto); !errors.Is(err, ErrNoInterface) {
-		t.Fatalf("missing interface: err %v, want ErrNoInterface", err)
-	}
-	m, err := c.Attach("lo", ModeGeneric)
+	ns, err := netns.NewIsolated("xcbpf")
 	if err != nil {
-		t.Fatalf("attach generic to lo: %v", err)
+		t.Fatalf("private namespace: %v", err)
 	}
-	if m != ModeGeneric {
-		t.Fatalf("mode %q", m)
-	}
-	if _, err := c.Attach("lo", ModeGeneric); !errors.Is(err, ErrAttached) {
-		t.Fatalf("second attach: err %v, want ErrAttached", err)
-	}
-	// Another program on the same hook is refused with a cause the operator can act on.
+	defer ns.Close()
+	c := newTestCache(t, Options{})
 	other := newTestCache(t, Options{})
-	if _, err := other.Attach("lo", ModeGeneric); !errors.Is(err, ErrBusy) {
-		t.Fatalf("attach over an attached program: err %v, want ErrBusy", err)
-	}
-	if err := c.Close(); err != nil {
+	err = ns.Do(func() error {
+		if _, err := c.Attach("no-such-if0", ModeAuto); !errors.Is(err, ErrNoInterface) {
+			return fmt.Errorf("missing interface: err %v, want ErrNoInterface", err)
+		}
+		m, err := c.Attach("lo", ModeGeneric)
+		if err != nil {
+			return fmt.Errorf("attach generic to lo: %w", err)
+		}
+		if m != ModeGeneric {
+			return fmt.Errorf("mode %q", m)
+		}
+		if _, err := c.Attach("lo", ModeGeneric); !errors.Is(err, ErrAttached) {
+			return fmt.Errorf("second attach: err %v, want ErrAttached", err)
+		}
+		// Another program on the same hook is refused with a cause the operator can act on.
+		if _, err := other.Attach("lo", ModeGeneric); !errors.Is(err, ErrBusy) {
+			return fmt.Errorf("attach over an attached program: err %v, want ErrBusy", err)
+		}
+		if err := c.Close(); err != nil {
+			return err
+		}
+		// Closing detached it: the other cache can attach now.
+		if _, err := other.Attach("lo", ModeGeneric); err != nil {
+			return fmt.Errorf("attach after Close: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
-	}
-	// Closing detached it: the other cache can attach now.
-	if _, err := other.Attach("lo", ModeGeneric); err != nil {
-		t.Fatalf("attach after Close: %v", err)
 	}
 }
 

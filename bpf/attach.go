@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -40,12 +41,50 @@ func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
 	if c.link != nil {
 		return "", ErrAttached
 	}
+	// With no allow-list configured, the clients the kernel answers are the interface's own
+	// subnets (and loopback, always): allow them before the first packet can arrive.
+	if c.opts.AllowSources == nil {
+		subnets, err := interfaceSubnets(iface)
+		if err != nil {
+			return "", err
+		}
+		if err := c.allow(subnets); err != nil {
+			return "", err
+		}
+	}
 	l, m, err := attachXDP(c.objs.XdpCache, iface, mode)
 	if err != nil {
 		return "", err
 	}
 	c.link = l
 	return m, nil
+}
+
+// interfaceSubnets lists the prefixes of iface's addresses, as seen from the calling thread's
+// network namespace.
+func interfaceSubnets(iface string) ([]netip.Prefix, error) {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("attach xdp to %q: %w: %w", iface, ErrNoInterface, err)
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %q: %w", iface, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		bits, _ := n.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), bits).Masked())
+	}
+	return out, nil
 }
 
 // AttachProgram attaches any XDP program (LoadPass, LoadEcho) the same way as Cache.Attach.
