@@ -175,7 +175,8 @@ type Cache struct {
 	used          int64
 	retiring      []retired
 	flushedBefore uint64
-	allowed       int // prefixes in the allow-list
+	allowed       int    // prefixes in the allow-list
+	allowGen      uint32 // allow_gen in the program's .bss
 	link          link.Link
 	statsCloser   io.Closer
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
@@ -290,6 +291,7 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		slots:       make([]*kentry, indexSize),
 		indexMask:   uint32(indexSize - 1),
 		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
+		allowGen:    1,
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -339,6 +341,11 @@ func (c *Cache) allow(prefixes []netip.Prefix) error {
 			return fmt.Errorf("allow source %v: %w", p, err)
 		}
 		c.allowed++
+	}
+	// The program caches verdicts per source; a new generation drops them all.
+	c.allowGen++
+	if err := c.objs.AllowGen.Set(c.allowGen); err != nil {
+		return fmt.Errorf("set allow-list generation: %w", err)
 	}
 	return nil
 }

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpcacheAllowCacheEnt struct {
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Gen     uint32
+	Allowed uint32
+}
+
 type xdpcacheAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -106,6 +113,7 @@ type xdpcacheScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdpcacheMapAllowCache       = "allow_cache"
 	xdpcacheMapAllowSources     = "allow_sources"
 	xdpcacheMapArena            = "arena"
 	xdpcacheMapCounters         = "counters"
@@ -113,6 +121,7 @@ const (
 	xdpcacheMapScratchMap       = "scratch_map"
 	xdpcacheMapSourceTat        = "source_tat"
 	xdpcacheProgXdpCache        = "xdp_cache"
+	xdpcacheVarAllowGen         = "allow_gen"
 	xdpcacheVarCfgBurstNs       = "cfg_burst_ns"
 	xdpcacheVarCfgIndexMask     = "cfg_index_mask"
 	xdpcacheVarCfgIntervalNs    = "cfg_interval_ns"
@@ -175,6 +184,7 @@ type xdpcacheProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheMapSpecs struct {
+	AllowCache   *ebpf.MapSpec `ebpf:"allow_cache"`
 	AllowSources *ebpf.MapSpec `ebpf:"allow_sources"`
 	Arena        *ebpf.MapSpec `ebpf:"arena"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
@@ -187,6 +197,7 @@ type xdpcacheMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheVariableSpecs struct {
+	AllowGen         *ebpf.VariableSpec `ebpf:"allow_gen"`
 	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
 	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
 	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
@@ -220,6 +231,7 @@ func (o *xdpcacheObjects) Close() error {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheMaps struct {
+	AllowCache   *ebpf.Map `ebpf:"allow_cache"`
 	AllowSources *ebpf.Map `ebpf:"allow_sources"`
 	Arena        *ebpf.Map `ebpf:"arena"`
 	Counters     *ebpf.Map `ebpf:"counters"`
@@ -230,6 +242,7 @@ type xdpcacheMaps struct {
 
 func (m *xdpcacheMaps) Close() error {
 	return _XdpcacheClose(
+		m.AllowCache,
 		m.AllowSources,
 		m.Arena,
 		m.Counters,
@@ -243,6 +256,7 @@ func (m *xdpcacheMaps) Close() error {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheVariables struct {
+	AllowGen         *ebpf.Variable `ebpf:"allow_gen"`
 	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
 	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
 	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`

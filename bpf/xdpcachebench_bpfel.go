@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpcacheBenchAllowCacheEnt struct {
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Gen     uint32
+	Allowed uint32
+}
+
 type xdpcacheBenchAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -70,6 +77,7 @@ type xdpcacheBenchScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdpcacheBenchMapAllowCache       = "allow_cache"
 	xdpcacheBenchMapAllowSources     = "allow_sources"
 	xdpcacheBenchMapArena            = "arena"
 	xdpcacheBenchMapBenchPacket      = "bench_packet"
@@ -80,6 +88,7 @@ const (
 	xdpcacheBenchProgXdpCache        = "xdp_cache"
 	xdpcacheBenchProgXdpCacheBench   = "xdp_cache_bench"
 	xdpcacheBenchProgXdpRestoreOnly  = "xdp_restore_only"
+	xdpcacheBenchVarAllowGen         = "allow_gen"
 	xdpcacheBenchVarCfgBurstNs       = "cfg_burst_ns"
 	xdpcacheBenchVarCfgIndexMask     = "cfg_index_mask"
 	xdpcacheBenchVarCfgIntervalNs    = "cfg_interval_ns"
@@ -144,6 +153,7 @@ type xdpcacheBenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchMapSpecs struct {
+	AllowCache   *ebpf.MapSpec `ebpf:"allow_cache"`
 	AllowSources *ebpf.MapSpec `ebpf:"allow_sources"`
 	Arena        *ebpf.MapSpec `ebpf:"arena"`
 	BenchPacket  *ebpf.MapSpec `ebpf:"bench_packet"`
@@ -157,6 +167,7 @@ type xdpcacheBenchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchVariableSpecs struct {
+	AllowGen         *ebpf.VariableSpec `ebpf:"allow_gen"`
 	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
 	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
 	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
@@ -190,6 +201,7 @@ func (o *xdpcacheBenchObjects) Close() error {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchMaps struct {
+	AllowCache   *ebpf.Map `ebpf:"allow_cache"`
 	AllowSources *ebpf.Map `ebpf:"allow_sources"`
 	Arena        *ebpf.Map `ebpf:"arena"`
 	BenchPacket  *ebpf.Map `ebpf:"bench_packet"`
@@ -201,6 +213,7 @@ type xdpcacheBenchMaps struct {
 
 func (m *xdpcacheBenchMaps) Close() error {
 	return _XdpcacheBenchClose(
+		m.AllowCache,
 		m.AllowSources,
 		m.Arena,
 		m.BenchPacket,
@@ -215,6 +228,7 @@ func (m *xdpcacheBenchMaps) Close() error {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchVariables struct {
+	AllowGen         *ebpf.Variable `ebpf:"allow_gen"`
 	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
 	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
 	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`

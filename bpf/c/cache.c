@@ -491,19 +491,43 @@ static __always_inline int admit_source(struct xdp_md *ctx, const struct l4_info
 	struct allow_key k = { .prefixlen = 128 };
 	__u64 interval = cfg_interval_ns, *tat, now, t;
 
-	if (source_of(ctx, l4, (struct in6_addr *)k.addr))
+	struct allow_cache_ent *ce;
+	__u32 gen = allow_gen, slot;
+	__u64 a0, a1;
+
+	union {
+		struct in6_addr a;
+		__u64 w[2];
+	} src;
+
+	if (source_of(ctx, l4, &src.a))
 		return PASS_MALFORMED;
-	if (!bpf_map_lookup_elem(&allow_sources, &k))
+	a0 = src.w[0];
+	a1 = src.w[1];
+	__builtin_memcpy(k.addr, &src, sizeof(k.addr));
+	slot = (__u32)(((a0 ^ a1) * HASH_P1) >> 52) & (ALLOW_CACHE_SLOTS - 1);
+	ce = bpf_map_lookup_elem(&allow_cache, &slot);
+	if (!ce)
+		return PASS_INTERNAL;
+	if (ce->gen != gen || *(__u64 *)ce->addr != a0 || *(__u64 *)(ce->addr + 8) != a1) {
+		/* The trie is read after allow_gen: an entry stamped gen reflects every change
+		 * userspace made before raising it to gen. */
+		ce->allowed = bpf_map_lookup_elem(&allow_sources, &k) != NULL;
+		*(__u64 *)ce->addr = a0;
+		*(__u64 *)(ce->addr + 8) = a1;
+		ce->gen = gen;
+	}
+	if (!ce->allowed)
 		return PASS_NOT_ALLOWED;
 	if (!interval)
 		return 0;
 	if (!st->now_ns)
 		st->now_ns = bpf_ktime_get_ns();
 	now = st->now_ns;
-	tat = bpf_map_lookup_elem(&source_tat, k.addr);
+	tat = bpf_map_lookup_elem(&source_tat, &src.a);
 	if (!tat) {
 		t = now + interval;
-		bpf_map_update_elem(&source_tat, k.addr, &t, BPF_ANY);
+		bpf_map_update_elem(&source_tat, &src.a, &t, BPF_ANY);
 		return 0;
 	}
 	t = *tat;
