@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,12 @@ type serveFlags struct {
 	kernelMaxAge     time.Duration
 	upstreamDial     time.Duration
 	upstreamTimeout  time.Duration
+	allowSources     []string
+	ratePerSource    float64
+	burst            int
+	maxAmp           float64
+	idleTimeout      time.Duration
+	writeTimeout     time.Duration
 	logLevel, logFmt string
 	shutdownTimeout  time.Duration
 }
@@ -81,6 +88,12 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl.DurationVar(&f.kernelMaxAge, "kernel-max-age", time.Second, "with --upstream: longest a fetched value is served locally or by the kernel (other clients may write upstream directly)")
 	fl.DurationVar(&f.upstreamDial, "upstream-dial-timeout", 500*time.Millisecond, "with --upstream: connect timeout")
 	fl.DurationVar(&f.upstreamTimeout, "upstream-timeout", time.Second, "with --upstream: timeout of one request; then that upstream is marked down and probed every second")
+	fl.StringSliceVar(&f.allowSources, "allow-sources", nil, "CIDR[,CIDR...] of clients the UDP path answers, kernel and server alike (default: loopback and the listen/XDP interface's subnets)")
+	fl.Float64Var(&f.ratePerSource, "rate-per-source", 0, "UDP replies per second to one source address, kernel and server alike (0: unlimited)")
+	fl.IntVar(&f.burst, "burst", 0, "with --rate-per-source: replies a source may get at once (0: one second's worth)")
+	fl.Float64Var(&f.maxAmp, "max-amplification", bpf.DefaultMaxAmplification, "cap on UDP reply bytes per request byte, kernel and server alike; larger replies need TCP (0: off)")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close TCP connections idle this long, as memcached's -o idle_timeout (0: never)")
+	fl.DurationVar(&f.writeTimeout, "write-timeout", server.DefaultWriteTimeout, "close TCP connections whose client takes none of a reply for this long")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFmt, "log-format", "console", "console or json")
@@ -105,12 +118,20 @@ func runServe(ctx context.Context, f serveFlags) error {
 		return errors.New("both --port and --udp-port are 0: nothing to serve")
 	}
 
+	allow, err := parsePrefixes(f.allowSources)
+	if err != nil {
+		return fmt.Errorf("--allow-sources: %w", err)
+	}
+	if f.maxAmp != 0 && f.maxAmp < 1 {
+		return fmt.Errorf("--max-amplification %v: want 0 (off) or at least 1", f.maxAmp)
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var kernel server.KernelCache
 	if f.xdpIface != "" {
-		kc, err := startKernelPath(f, log.With(zap.String("component", "xdp")))
+		kc, err := startKernelPath(f, allow, log.With(zap.String("component", "xdp")))
 		if err != nil {
 			log.Error("kernel path off: the server runs without it", zap.Error(err))
 		} else {
@@ -132,6 +153,13 @@ func runServe(ctx context.Context, f serveFlags) error {
 		KernelMaxAge:        f.kernelMaxAge,
 		UpstreamDialTimeout: f.upstreamDial,
 		UpstreamTimeout:     f.upstreamTimeout,
+
+		AllowSources:     allow,
+		RatePerSource:    f.ratePerSource,
+		Burst:            f.burst,
+		MaxAmplification: f.maxAmp,
+		IdleTimeout:      f.idleTimeout,
+		WriteTimeout:     f.writeTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
@@ -192,7 +220,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 
 // startKernelPath loads the XDP program and attaches it, saying loudly when auto falls back to
 // generic mode, where every packet pays for an skb first and most of the gain is lost.
-func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
+func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.Cache, error) {
 	if f.udpPort == 0 {
 		return nil, errors.New("--xdp-iface needs UDP (--udp-port is 0)")
 	}
@@ -213,6 +241,11 @@ func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
 		ReplyDSCP:  f.markDSCP,
 		Admission:  f.admission,
 		MTU:        replyMTU(iface.MTU),
+
+		AllowSources:     allow,
+		RatePerSource:    f.ratePerSource,
+		Burst:            f.burst,
+		MaxAmplification: kernelAmplification(f.maxAmp),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load XDP program: %w", err)
@@ -239,6 +272,38 @@ func startKernelPath(f serveFlags, log *zap.Logger) (*bpf.Cache, error) {
 // replyMTU is the MTU the kernel sizes replies by. lo's is 65536, more than an IP packet can
 // carry; replies are capped at memcached's 1400-byte datagram anyway, so any larger MTU is moot.
 func replyMTU(ifaceMTU int) int { return min(ifaceMTU, 65535) }
+
+// kernelAmplification maps the flag to the kernel's option, where 0 means the default: "off"
+// becomes a cap no reply can reach (the largest reply is one 1400-byte datagram, the smallest
+// request 9 bytes).
+func kernelAmplification(flag float64) float64 {
+	if flag == 0 {
+		return 1e6
+	}
+	return flag
+}
+
+// parsePrefixes reads CIDRs; a bare address is a single host. No flag at all gives nil, which
+// both paths read as "loopback and my own subnets".
+func parsePrefixes(cidrs []string) ([]netip.Prefix, error) {
+	if len(cidrs) == 0 {
+		return nil, nil
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		c = strings.TrimSpace(c)
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			a, aerr := netip.ParseAddr(c)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is not a CIDR or an address", c)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
 
 // parseSize reads memcached-style sizes: plain bytes, or k/m suffixes (powers of 1024).
 func parseSize(s string) (int64, error) {

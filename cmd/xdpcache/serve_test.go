@@ -23,3 +23,35 @@ func TestReplyMTU(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePrefixes(t *testing.T) {
+	got, err := parsePrefixes([]string{"10.1.2.3/8", " 2001:db8::1 ", "192.0.2.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "2001:db8::1/128", "192.0.2.7/32"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Errorf("prefix %d = %s, want %s", i, got[i], want[i])
+		}
+	}
+	if p, err := parsePrefixes(nil); p != nil || err != nil {
+		t.Errorf("no flag: %v, %v; want nil (each path's own default)", p, err)
+	}
+	if _, err := parsePrefixes([]string{"10.0.0.0/33"}); err == nil {
+		t.Error("accepted an impossible prefix")
+	}
+}
+
+func TestKernelAmplificationOff(t *testing.T) {
+	// The kernel reads 0 as its default cap, so "off" must become a cap no reply reaches.
+	if got := kernelAmplification(0); got < 1400/9 {
+		t.Errorf("off maps to %v, which a 1400-byte reply to a 9-byte request could exceed", got)
+	}
+	if got := kernelAmplification(32); got != 32 {
+		t.Errorf("kernelAmplification(32) = %v", got)
+	}
+}
