@@ -166,6 +166,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { srv.Maintain(gctx, time.Second); return nil })
 	if f.port != 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(f.listen, strconv.Itoa(f.port)))
 		if err != nil {

@@ -1,0 +1,27 @@
+package server
+
+import (
+	"context"
+	"time"
+)
+
+// SweepBatch is how many items one maintenance pass examines: enough to keep up with a store of a
+// few million items at one pass a second, small enough that no shard lock is held for long.
+const SweepBatch = 4096
+
+// Maintain removes expired and flushed items in the background until ctx is done, one pass every
+// interval, as memcached's LRU crawler does. Expiry is otherwise lazy: without this, items nobody
+// asks for keep their memory (and their kernel copies' budget) until eviction reaches them. Each
+// removal goes through the store's hook, so the kernel copy is dropped too.
+func (s *Server) Maintain(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.store.Sweep(SweepBatch)
+		}
+	}
+}
