@@ -84,8 +84,11 @@ type tcpConn struct {
 }
 
 // ServeTCP accepts connections on ln until Shutdown, serving each in its own goroutine. It returns
-// nil after Shutdown, ErrServerClosed if called after it, or the listener's error.
+// nil after Shutdown, ErrServerClosed if called after it, or the listener's error. It closes ln
+// when it returns, whichever way (as net/http's Serve does), so a Serve that loses a race with
+// Shutdown leaves no listener open.
 func (s *Server) ServeTCP(ln net.Listener) error {
+	defer ln.Close()
 	if !s.track(func() { s.listeners[ln] = struct{}{}; s.wg.Add(1) }) {
 		return ErrServerClosed
 	}

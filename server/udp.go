@@ -61,8 +61,10 @@ func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
 // ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams.
 // Datagrams the UDP guard refuses (source not allowed, over its rate, reply over the amplification
 // cap; see Config) get no reply and are counted in Refused.
-// It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error.
+// It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error, and
+// closes conn when it returns, whichever way.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
+	defer conn.Close()
 	if !s.track(func() { s.udpConns[conn] = struct{}{}; s.wg.Add(1) }) {
 		return ErrServerClosed
 	}
