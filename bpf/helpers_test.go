@@ -113,6 +113,11 @@ func checkReply(t testing.TB, req packet.UDP, frame []byte, want []byte) packet.
 	if want != nil && !bytes.Equal(p.Payload, want) {
 		t.Errorf("reply payload\n got %q\nwant %q", p.Payload, want)
 	}
+	// Invariant 7: every kernel reply stays within the amplification cap the tests run with
+	// (the default; TestAmplificationCap checks a lower one itself).
+	if len(p.Payload) > DefaultMaxAmplification*len(req.Payload) {
+		t.Errorf("reply of %d bytes to a request of %d: over %dx", len(p.Payload), len(req.Payload), DefaultMaxAmplification)
+	}
 	return p
 }
 

@@ -504,6 +504,9 @@ static __always_inline int admit_source(struct xdp_md *ctx, const struct l4_info
 		return PASS_MALFORMED;
 	a0 = src.w[0];
 	a1 = src.w[1];
+	/* An IPv6 packet from an IPv4-mapped address would pass for that IPv4 client. */
+	if (l4->ipv6 && a0 == 0 && (__u32)a1 == bpf_htonl(0xffff))
+		return PASS_NOT_ALLOWED;
 	__builtin_memcpy(k.addr, &src, sizeof(k.addr));
 	slot = (__u32)(((a0 ^ a1) * HASH_P1) >> 52) & (ALLOW_CACHE_SLOTS - 1);
 	ce = bpf_map_lookup_elem(&allow_cache, &slot);
