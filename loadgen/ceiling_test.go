@@ -62,7 +62,7 @@ func BenchmarkCeiling(b *testing.B) {
 		cfg.Warmup = 300 * time.Millisecond
 		cfg.Duration = d
 		cfg.Timeout = 200 * time.Millisecond
-		cfg.echoReplies = true
+		cfg.EchoReplies = true
 		rep, err := Run(context.Background(), cfg, nil)
 		if err != nil {
 			b.Fatal(err)

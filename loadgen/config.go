@@ -83,9 +83,9 @@ type Config struct {
 	// returns must be *net.UDPConn. Run calls it only from its calling goroutine.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
 
-	// echoReplies accepts a request echoed back unchanged (the XDP echo program the generator's
-	// ceiling is measured against) as a kernel hit. Only the package's own benchmarks set it.
-	echoReplies bool
+	// EchoReplies accepts a request echoed back unchanged (the bare XDP echo program the
+	// generator's ceiling is measured against) as a kernel hit. Only for measuring that ceiling.
+	EchoReplies bool `json:"echo_replies,omitempty"`
 }
 
 // MaxUDPValue is the largest value a UDP set carries: memcached reads a UDP request into one

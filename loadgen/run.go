@@ -235,7 +235,7 @@ func newWorkers(cfg *Config, model *workloadModel, ctl *control, s *sockets, val
 			if err != nil {
 				return nil, err
 			}
-			t.echo = cfg.echoReplies
+			t.echo = cfg.EchoReplies
 			w.tr = t
 		} else {
 			w.tr = newTCPTransport(w, c, model.space, val)

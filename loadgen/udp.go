@@ -78,7 +78,7 @@ type udpTransport struct {
 	lastSwp int64
 
 	epochUnixNs int64 // the control's epoch on the wall clock, to convert kernel timestamps
-	echo        bool  // Config.echoReplies
+	echo        bool  // Config.EchoReplies
 }
 
 type completion struct {

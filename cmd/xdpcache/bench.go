@@ -94,5 +94,8 @@ prints what was measured so far, marked interrupted.`,
 	fl.StringVar(&f.plotPath, "plot", "", "write the latency CDF per class to FILE (.png or .svg)")
 	fl.StringVar(&f.hdrPx, "hdr-prefix", "", "write HdrHistogram percentile files PREFIX<class>.hgrm")
 	fl.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics of the run on HOST:PORT at /metrics (empty: off)")
+	// For the throughput experiment's ceiling against the bare XDP echo program; not for users.
+	fl.BoolVar(&c.EchoReplies, "echo-replies", false, "count a request echoed back unchanged as a kernel hit (bare XDP echo baseline)")
+	_ = fl.MarkHidden("echo-replies")
 	return cmd
 }
