@@ -6,60 +6,16 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-// startMemcached runs Debian's memcached on a free port of 127.0.0.1, TCP and UDP, for the test.
+// startMemcached runs Debian's memcached on a free port of 127.0.0.1, TCP and UDP, for the test,
+// with its default four worker threads: one thread's UDP socket overflows under this load.
 func startMemcached(t *testing.T) string {
-	t.Helper()
-	bin := testenv.LookPath(t, "memcached")
-	port := freePort(t)
-	cmd := exec.Command(bin, "-U", strconv.Itoa(port), "-p", strconv.Itoa(port), "-l", "127.0.0.1", "-m", "64", "-u", "root")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start memcached: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("memcached not accepting on %s: %v", addr, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// freePort finds a port free for both TCP and UDP on 127.0.0.1.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return 0
+	return testenv.StartMemcached(t, true, "-m", "64", "-t", "4").Addr
 }
 
 // TestMemcached loads the key space into a real memcached, then gets and sets over each protocol:

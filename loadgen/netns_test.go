@@ -86,7 +86,7 @@ func TestMetrics(t *testing.T) {
 	cfg := quick(f.addr())
 	cfg.KernelDSCP = 10
 	cfg.Duration = 1500 * time.Millisecond
-	cfg.MetricsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	cfg.MetricsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
 	type scrape struct {
 		body string
 		err  error

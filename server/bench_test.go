@@ -14,6 +14,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // Load shape of BenchmarkVsMemcached: BMC's small items (16 B keys, 32 B values).
@@ -164,7 +165,7 @@ func preload(b *testing.B, addr string) {
 //	go test ./server -run '^$' -bench VsMemcached -benchtime 200000x
 func BenchmarkVsMemcached(b *testing.B) {
 	ours := startServer(b, Config{})
-	mcAddr, _ := startMemcached(b, "-t", strconv.Itoa(runtimeProcs()))
+	mcAddr := testenv.StartMemcached(b, true, "-t", strconv.Itoa(runtimeProcs())).Addr
 	preload(b, ours.tcpAddr)
 	preload(b, mcAddr)
 	workloads := []struct {

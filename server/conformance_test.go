@@ -1,6 +1,7 @@
 package server
 
 import (
+	"github.com/xdpcache/xdpcache/internal/testenv"
 	"regexp"
 	"strings"
 	"testing"
@@ -272,7 +273,8 @@ func (ct *confTarget) run(t *testing.T, c confCase, udp bool) (string, int) {
 }
 
 func TestConformance(t *testing.T) {
-	mcTCP, mcUDP := startMemcached(t)
+	mc := testenv.StartMemcached(t, true)
+	mcTCP, mcUDP := mc.Addr, mc.Addr
 	ours := startServer(t, Config{})
 	targets := []*confTarget{
 		{name: "xdpcache", tcp: dialText(t, ours.tcpAddr), side: dialText(t, ours.tcpAddr), udp: dialUDP(t, ours.udpAddr)},

@@ -9,15 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
-	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // testServer is a Server listening on loopback TCP and UDP ports chosen by the kernel.
@@ -61,63 +57,6 @@ func startServer(t testing.TB, cfg Config) *testServer {
 		_ = uc.Close()
 	})
 	return &testServer{Server: s, tcpAddr: ln.Addr().String(), udpAddr: uc.LocalAddr().String()}
-}
-
-// freePort returns a port free for both TCP and UDP on 127.0.0.1 at the time of the call.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for i := 0; i < 50; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-		_ = ln.Close()
-		if err == nil {
-			_ = uc.Close()
-			return port
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return 0
-}
-
-// startMemcached runs Debian's memcached on a free loopback port (TCP and UDP) for the test.
-// One worker thread keeps UDP replies in request order, as our server sends them.
-func startMemcached(t testing.TB, extra ...string) (tcpAddr, udpAddr string) {
-	t.Helper()
-	bin := testenv.LookPath(t, "memcached")
-	port := freePort(t)
-	args := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", strconv.Itoa(port), "-t", "1"}
-	if os.Geteuid() == 0 {
-		args = append(args, "-u", "root")
-	}
-	args = append(args, extra...)
-	cmd := exec.Command(bin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start memcached: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("memcached did not start on %s: %v (stderr: %s)", addr, err, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return addr, addr
 }
 
 // textClient speaks the raw text protocol over one TCP connection.

@@ -16,7 +16,7 @@ import (
 //	go test ./server -run '^$' -bench UpstreamGet -benchtime 20000x
 func BenchmarkUpstreamGet(b *testing.B) {
 	m := startUpstream(b)
-	s := startServer(b, Config{Upstreams: []string{m.addr}, KernelMaxAge: time.Hour})
+	s := startServer(b, Config{Upstreams: []string{m.Addr}, KernelMaxAge: time.Hour})
 	value := make([]byte, 100)
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
@@ -49,5 +49,5 @@ func BenchmarkUpstreamGet(b *testing.B) {
 		run(b, through, nil)
 	})
 	b.Run("fetch", func(b *testing.B) { run(b, through, drop) })
-	b.Run("memcached-direct", func(b *testing.B) { run(b, dialText(b, m.addr), nil) })
+	b.Run("memcached-direct", func(b *testing.B) { run(b, dialText(b, m.Addr), nil) })
 }

@@ -1,11 +1,7 @@
 package server
 
 import (
-	"bytes"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,63 +13,16 @@ import (
 	"github.com/xdpcache/xdpcache/upstream"
 )
 
-// mcProc is a memcached process on a fixed loopback port (TCP only), which a test can kill and
-// start again on the same port.
-type mcProc struct {
-	t    testing.TB
-	bin  string
-	port int
-	addr string
-	cmd  *exec.Cmd
-}
-
-func startUpstream(t testing.TB) *mcProc {
-	t.Helper()
-	m := &mcProc{t: t, bin: testenv.LookPath(t, "memcached"), port: freePort(t)}
-	m.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port))
-	m.start()
-	t.Cleanup(m.kill)
-	return m
-}
-
-func (m *mcProc) start() {
-	m.t.Helper()
-	args := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(m.port), "-U", "0", "-t", "2"}
-	if os.Geteuid() == 0 {
-		args = append(args, "-u", "root")
-	}
-	var stderr bytes.Buffer
-	m.cmd = exec.Command(m.bin, args...)
-	m.cmd.Stderr = &stderr
-	if err := m.cmd.Start(); err != nil {
-		m.t.Fatalf("start memcached: %v", err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", m.addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("memcached did not start on %s: %v (stderr: %s)", m.addr, err, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (m *mcProc) kill() {
-	if m.cmd != nil && m.cmd.Process != nil {
-		_ = m.cmd.Process.Kill()
-		_ = m.cmd.Wait()
-		m.cmd = nil
-	}
+// startUpstream is a memcached process on a fixed loopback port (TCP only), which a test can stop
+// and start again on the same port.
+func startUpstream(t testing.TB) *testenv.Memcached {
+	return testenv.StartMemcached(t, false, "-t", "2")
 }
 
 // upstreamSetup is our server fronting two memcached processes, with a direct client to each.
 type upstreamSetup struct {
 	s      *testServer
-	ups    []*mcProc
+	ups    []*testenv.Memcached
 	direct map[string]*textClient // by address
 	ring   *upstream.Ring
 	addrs  []string
@@ -85,8 +34,8 @@ func startUpstreamSetup(t *testing.T, cfg Config) *upstreamSetup {
 	for range 2 {
 		m := startUpstream(t)
 		u.ups = append(u.ups, m)
-		u.addrs = append(u.addrs, m.addr)
-		u.direct[m.addr] = dialText(t, m.addr)
+		u.addrs = append(u.addrs, m.Addr)
+		u.direct[m.Addr] = dialText(t, m.Addr)
 	}
 	cfg.Upstreams = u.addrs
 	u.s = startServer(t, cfg)
@@ -373,7 +322,7 @@ func TestUpstreamDownAndRecovery(t *testing.T) {
 	dead, alive := u.keyOn(t, "d", 0), u.keyOn(t, "a", 1)
 	c.roundTrip(fmt.Sprintf("set %s 0 0 1\r\nx\r\nset %s 0 0 1\r\ny\r\n", dead, alive))
 
-	u.ups[0].kill()
+	u.ups[0].Stop()
 	wantErr := "SERVER_ERROR upstream " + u.addrs[0] + " unavailable\r\n"
 	for i := range 5 {
 		start := time.Now()
@@ -403,7 +352,7 @@ func TestUpstreamDownAndRecovery(t *testing.T) {
 		t.Fatalf("upstream_servers_up = %s with one dead", st["upstream_servers_up"])
 	}
 
-	u.ups[0].start()
+	u.ups[0].Start()
 	restarted := time.Now()
 	for {
 		got := c.roundTrip(fmt.Sprintf("set %s 0 0 1\r\nw\r\n", dead))

@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,47 +17,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// memcachedAt starts memcached on addr's port (TCP only) and returns a function that kills it.
-func memcachedAt(t *testing.T, port int) func() {
-	t.Helper()
-	bin := testenv.LookPath(t, "memcached")
-	args := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-t", "1"}
-	if os.Geteuid() == 0 {
-		args = append(args, "-u", "root")
-	}
-	cmd := exec.Command(bin, args...)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start memcached: %v", err)
-	}
-	kill := func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			return kill
-		}
-		if time.Now().After(deadline) {
-			kill()
-			t.Fatalf("memcached did not start on %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 func newCluster(t *testing.T, cfg Config) *Cluster {
 	t.Helper()
@@ -74,9 +31,7 @@ func newCluster(t *testing.T, cfg Config) *Cluster {
 // Requests and replies through a real memcached: plain lines, VA replies, pipelined fetches with
 // flags, TTL and CAS, and a key that needs base64.
 func TestServerAgainstMemcached(t *testing.T) {
-	port := freePort(t)
-	t.Cleanup(memcachedAt(t, port))
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr := testenv.StartMemcached(t, false).Addr
 	c := newCluster(t, Config{Addrs: []string{addr}})
 	s := c.Pick([]byte("any"))
 	r, err := s.Do([]byte("set a 3 100 5\r\nhello\r\nset b 0 0 0\r\n\r\nma n N0 J7 v\r\n"), 3)
@@ -118,15 +73,14 @@ func TestServerAgainstMemcached(t *testing.T) {
 
 // A dead server fails fast, is probed in the background, and is used again once it answers.
 func TestServerDownAndRecovery(t *testing.T) {
-	port := freePort(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	kill := memcachedAt(t, port)
+	mc := testenv.StartMemcached(t, false)
+	addr := mc.Addr
 	c := newCluster(t, Config{Addrs: []string{addr}, RetryInterval: 100 * time.Millisecond})
 	s := c.Servers()[0]
 	if _, err := s.Do([]byte("set k 0 0 1\r\nv\r\n"), 1); err != nil {
 		t.Fatalf("Do: %v", err)
 	}
-	kill()
+	mc.Stop()
 	if _, err := s.Do([]byte("get k\r\n"), 1); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Do on a killed server: %v, want ErrUnavailable", err)
 	}
@@ -145,7 +99,7 @@ func TestServerDownAndRecovery(t *testing.T) {
 	if s.Count(StatusUnavailable) != 100 || s.Count(StatusError) != 1 {
 		t.Fatalf("counts: unavailable %d error %d", s.Count(StatusUnavailable), s.Count(StatusError))
 	}
-	t.Cleanup(memcachedAt(t, port))
+	mc.Start()
 	deadline := time.Now().Add(3 * time.Second)
 	for !s.Up() {
 		if time.Now().After(deadline) {
