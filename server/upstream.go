@@ -296,55 +296,37 @@ func (c *session) upStore(cmd cmdID, key, value []byte) {
 
 // upArith forwards incr or decr.
 func (c *session) upArith(cmd cmdID, key []byte) {
-	s := c.s
-	r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutNoreply(&c.tok)), false)
-	if !ok {
-		return
-	}
-	c.status = statusOf(r, statusOK)
-	hit, miss := &s.st.incrHits, &s.st.incrMisses
+	hit, miss := &c.s.st.incrHits, &c.s.st.incrMisses
 	if cmd == cmdDecr {
-		hit, miss = &s.st.decrHits, &s.st.decrMisses
+		hit, miss = &c.s.st.decrHits, &c.s.st.decrMisses
 	}
-	switch c.status {
-	case statusOK:
-		hit.Add(1)
-	case statusNotFound:
-		miss.Add(1)
-	}
-	c.replyRaw(r)
+	c.upForwardCounted(key, statusOK, hit, miss)
 }
 
 // upDelete forwards delete.
 func (c *session) upDelete(key []byte) {
-	s := c.s
-	r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutNoreply(&c.tok)), false)
-	if !ok {
-		return
-	}
-	c.status = statusOf(r, statusDeleted)
-	switch c.status {
-	case statusDeleted:
-		s.st.deleteHits.Add(1)
-	case statusNotFound:
-		s.st.deleteMisses.Add(1)
-	}
-	c.replyRaw(r)
+	c.upForwardCounted(key, statusDeleted, &c.s.st.deleteHits, &c.s.st.deleteMisses)
 }
 
 // upTouch forwards touch.
 func (c *session) upTouch(key []byte) {
-	s := c.s
+	c.upForwardCounted(key, statusTouched, &c.s.st.touchHits, &c.s.st.touchMisses)
+}
+
+// upForwardCounted forwards the current command for key, replies with the upstream's bytes, and
+// counts the outcome as memcached's stats do: a hit when the upstream answered done, a miss when it
+// answered NOT_FOUND.
+func (c *session) upForwardCounted(key []byte, done statusID, hit, miss *atomic.Uint64) {
 	r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutNoreply(&c.tok)), false)
 	if !ok {
 		return
 	}
-	c.status = statusOf(r, statusTouched)
+	c.status = statusOf(r, done)
 	switch c.status {
-	case statusTouched:
-		s.st.touchHits.Add(1)
+	case done:
+		hit.Add(1)
 	case statusNotFound:
-		s.st.touchMisses.Add(1)
+		miss.Add(1)
 	}
 	c.replyRaw(r)
 }
