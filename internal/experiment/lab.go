@@ -155,7 +155,9 @@ func (l *Lab) Close() error {
 }
 
 // ServerAddr is HOST:PORT of the server inside the server namespace.
-func (l *Lab) ServerAddr() string { return net.JoinHostPort(netns.ServerIPv4.String(), strconv.Itoa(Port)) }
+func (l *Lab) ServerAddr() string {
+	return net.JoinHostPort(netns.ServerIPv4.String(), strconv.Itoa(Port))
+}
 
 // ServerIf is the server veth's name, for serve --xdp-iface.
 func (l *Lab) ServerIf() string { return l.pair.ServerIf }
