@@ -10,6 +10,10 @@ func TestEntryHeaderLayout(t *testing.T) {
 	if n := binary.Size(xdpcacheEntryHdr{}); n != entryHdrBytes {
 		t.Fatalf("struct entry_hdr is %d bytes, entryHdrBytes says %d", n, entryHdrBytes)
 	}
+	// index.go addresses slots as two 8-byte words: hash, then loc|used|referenced.
+	if n := binary.Size(xdpcacheIndexSlot{}); n != 16 {
+		t.Fatalf("struct index_slot is %d bytes, index.go assumes 16", n)
+	}
 	if n := binary.Size(xdpcacheArenaPage{}); n != pageStride {
 		t.Fatalf("struct arena_page is %d bytes, pageStride says %d", n, pageStride)
 	}

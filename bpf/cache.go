@@ -15,12 +15,12 @@
 // the slot holds the full hash and the arena offset of the key's entry. Every lookup on the hit
 // path is therefore an ARRAY lookup, which the verifier inlines.
 //
-//   - Fill (Offer): write the new entry into a free chunk, then point the index slot at it (one
-//     map update). A chunk is handed out again only retireAfter after its entry left the index,
+//   - Fill (Offer): write the new entry into a free chunk, then point the index slot at it (atomic
+//     stores into the mmapped index, which the program reads word by word). A chunk is handed out again only retireAfter after its entry left the index,
 //     so a reader sees the old entry or the new one, whole.
-//   - Invalidate: clear the index slot. Once the syscall returns, no lookup can reach the entry,
-//     so no packet processed afterwards is answered from it. If the update fails, the fallback is
-//     a flush, a single store that cannot fail. The chunk is freed at least retireAfter later.
+//   - Invalidate: clear the index slot, one atomic store (a full barrier). Once it returns, no
+//     lookup can reach the entry, so no packet processed afterwards is answered from it. The
+//     chunk is freed at least retireAfter later.
 //   - Exact keys: the program compares the request key with the key inside the entry, and the
 //     entry's own recorded offset with the one it came from; a hash collision, or a slot read
 //     while being rewritten, is a miss, never another key's value. Userspace keeps one key per hash.
@@ -160,6 +160,7 @@ type Cache struct {
 	retireAfter time.Duration // see the constant; tests of sequential runs shorten it
 	objs        xdpcacheObjects
 	arena       *ebpf.Memory
+	index       *index
 	maxReply    int // largest UDP payload a reply may have
 	indexMask   uint32
 
@@ -306,6 +307,10 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		c.closeObjects()
 		return nil, fmt.Errorf("map kernel cache arena: %w", err)
 	}
+	if c.index, err = mapIndex(c.objs.IndexMap); err != nil {
+		c.closeObjects()
+		return nil, err
+	}
 	allow := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 		opts.AllowSources...)
 	if err := c.allow(allow); err != nil {
@@ -316,6 +321,7 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 }
 
 func (c *Cache) closeObjects() {
+	c.index.close()
 	c.objs.Close()
 	c.rest.Close()
 }
@@ -460,15 +466,7 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		key: it.Key, hash: hash, class: class, loc: loc, slot: slot, cost: cost,
 		flags: it.Flags, cas: it.CAS, size: len(it.Value), expires: it.Expires, filled: mono,
 	}
-	is := xdpcacheIndexSlot{Hash: hash, Loc: loc, Used: 1}
-	if err := c.objs.IndexMap.Update(slot, &is, ebpf.UpdateAny); err != nil {
-		// The new entry was never reachable: its chunk can go back at once.
-		c.slabs.release(loc)
-		if old != nil {
-			c.dropFromIndex(old)
-		}
-		return fmt.Errorf("point kernel index at %q: %w", it.Key, err)
-	}
+	c.index.set(slot, hash, loc)
 	if old != nil {
 		c.retire(old.loc, wall) // the index no longer reaches it
 	}
@@ -487,8 +485,7 @@ func (c *Cache) freeSlot(hash uint64) uint32 {
 		return s2
 	}
 	victim := s1
-	var is xdpcacheIndexSlot
-	if err := c.objs.IndexMap.Lookup(s1, &is); err == nil && is.Referenced != 0 {
+	if ref, _ := c.index.referenced(s1, c.slots[s1].loc); ref {
 		victim = s2
 	}
 	c.invalidateRecord(c.slots[victim])
@@ -522,13 +519,9 @@ func (c *Cache) removeRecord(e *kentry) {
 	c.used -= e.cost
 }
 
-// clearSlot makes e unreachable: its index slot is emptied, or, if that fails, everything is
-// flushed.
+// clearSlot makes e unreachable: one atomic store empties its index slot.
 func (c *Cache) clearSlot(e *kentry) {
-	var empty xdpcacheIndexSlot
-	if err := c.objs.IndexMap.Update(e.slot, &empty, ebpf.UpdateAny); err != nil {
-		c.flushNow()
-	}
+	c.index.clear(e.slot)
 }
 
 // dropFromIndex makes e unreachable and schedules its chunk's release. Used when e's record is
@@ -567,22 +560,12 @@ func (c *Cache) evictOne() {
 			c.invalidateRecord(e)
 			return
 		}
-		var is xdpcacheIndexSlot
-		if err := c.objs.IndexMap.Lookup(e.slot, &is); err != nil || is.Used == 0 || is.Loc != e.loc {
+		ref, live := c.index.referenced(e.slot, e.loc)
+		if !live || !ref || step >= 2*len(c.ring) {
 			c.invalidateRecord(e)
 			return
 		}
-		if is.Referenced == 0 || step >= 2*len(c.ring) {
-			c.invalidateRecord(e)
-			return
-		}
-		// The program may set the flag again between this read and write; that only
-		// spares the entry one more turn.
-		is.Referenced = 0
-		if err := c.objs.IndexMap.Update(e.slot, &is, ebpf.UpdateAny); err != nil {
-			c.invalidateRecord(e)
-			return
-		}
+		c.index.clearReferenced(e.slot, e.loc)
 		c.hand = (c.hand + 1) % len(c.ring)
 	}
 	c.invalidateRecord(c.ring[c.hand])
@@ -692,6 +675,9 @@ func (c *Cache) Close() error {
 	}
 	if c.statsCloser != nil {
 		errs = append(errs, c.statsCloser.Close())
+	}
+	if err := c.index.close(); err != nil {
+		errs = append(errs, fmt.Errorf("unmap kernel cache index: %w", err))
 	}
 	if err := c.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xdpcache objects: %w", err))

@@ -116,18 +116,37 @@ static __always_inline struct entry_hdr *entry_at(__u32 loc)
 	return (struct entry_hdr *)(pg->b + in);
 }
 
-/* find_slot returns the index slot holding hash h, or NULL. */
-static __always_inline struct index_slot *find_slot(__u64 h)
+/* slot_loc returns the arena offset s points at if it holds hash h, or -1. Each word is read
+ * once (volatile), the hash first, as cache_maps.h describes. */
+static __always_inline __s64 slot_loc(struct index_slot *s, __u64 h)
+{
+	__u64 meta;
+
+	if (*(volatile __u64 *)&s->hash != h)
+		return -1;
+	meta = *(volatile __u64 *)&s->loc;
+	if (!((meta >> 32) & 0xff)) /* used */
+		return -1;
+	return (__u32)meta;
+}
+
+/* find_slot returns the index slot holding hash h, or NULL, and the entry's offset in *loc. */
+static __always_inline struct index_slot *find_slot(__u64 h, __u32 *loc)
 {
 	__u32 i = (__u32)h & cfg_index_mask;
 	struct index_slot *s = bpf_map_lookup_elem(&index_map, &i);
+	__s64 l;
 
-	if (s && s->used && s->hash == h)
+	if (s && (l = slot_loc(s, h)) >= 0) {
+		*loc = l;
 		return s;
+	}
 	i = (__u32)(h >> 32) & cfg_index_mask;
 	s = bpf_map_lookup_elem(&index_map, &i);
-	if (s && s->used && s->hash == h)
+	if (s && (l = slot_loc(s, h)) >= 0) {
+		*loc = l;
 		return s;
+	}
 	return NULL;
 }
 
@@ -290,10 +309,9 @@ __noinline int lookup_key(struct xdp_md *ctx, __u32 i)
 	if (n == 0 || n > KEY_MAX)
 		return -PASS_MALFORMED;
 
-	s = find_slot(st->hash);
+	s = find_slot(st->hash, &loc);
 	if (!s)
 		return -PASS_MISS;
-	loc = s->loc;
 	e = entry_at(loc);
 	if (!e || e->loc != loc)
 		return -PASS_MISS;

@@ -82,9 +82,13 @@ struct {
 	__type(value, struct arena_page);
 } arena SEC(".maps");
 
-/* index_slot says where a key's current entry is. */
+/* index_slot says where a key's current entry is. It is two aligned 8-byte words, each written
+ * by userspace with one atomic store into the mmapped map (hash first, then loc/used, which it
+ * clears first when a slot changes keys), and read by the program with one load each, hash
+ * first: a reader sees each word whole, and once a store is visible no older value of that word
+ * can be read again. */
 struct index_slot {
-	__u64 hash;       /* full key hash; 0 with used 0 is an empty slot */
+	__u64 hash;       /* full key hash */
 	__u32 loc;        /* arena byte offset of the entry: page << 16 | offset in page */
 	__u8 used;        /* 1: the slot holds a key */
 	__u8 referenced;  /* set by the program on a hit: the CLOCK bit userspace reads and clears */
@@ -94,6 +98,7 @@ struct index_slot {
 /* index_map: key (hash & mask) or (hash >> 32 & mask), value the slot. Size set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct index_slot);
