@@ -21,6 +21,7 @@ var ErrUsage = errors.New("experiment: usage")
 type common struct {
 	bin       string
 	out       string // results folder for this run; "" means results/<name>-TIME
+	base      string // default for out when running all of them
 	serverCPU int
 	clientCPU int
 	stdout    io.Writer
@@ -51,6 +52,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: unknown experiment %q", ErrUsage, name)
 		}
 		c := &common{stdout: stdout, log: stderr}
+		if len(names) > 1 && os.Getenv("OUT") != "" {
+			c.base = filepath.Join(os.Getenv("OUT"), name) // one folder each under OUT
+		}
 		if err := fn(ctx, c, args[1:]); err != nil {
 			return fmt.Errorf("experiment %s: %w", name, err)
 		}
@@ -62,7 +66,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func (c *common) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&c.bin, "bin", env("BIN", "bin/xdpcache"), "xdpcache binary (env BIN)")
-	fs.StringVar(&c.out, "out", os.Getenv("OUT"), "results folder (env OUT; default results/"+name+"-TIME)")
+	if c.base == "" {
+		c.base = os.Getenv("OUT")
+	}
+	fs.StringVar(&c.out, "out", c.base, "results folder (env OUT; default results/"+name+"-TIME)")
 	fs.IntVar(&c.serverCPU, "server-cpu", envInt("SERVER_CPU", 0), "CPU for the server and its veth's NAPI thread (env SERVER_CPU)")
 	fs.IntVar(&c.clientCPU, "client-cpu", envInt("CLIENT_CPU", 1), "CPU for bench and its veth's NAPI thread (env CLIENT_CPU)")
 	return fs

@@ -23,13 +23,13 @@ type mixRun struct {
 // userspace, with the kernel path on and off; the userspace percentiles both ways and their ratio.
 func runMix(ctx context.Context, c *common, args []string) error {
 	fs := c.flags("mix")
-	hotRate := fs.Int("hot-rate", envInt("HOT_RATE", 50000), "GETs/s the kernel can answer, open loop (env HOT_RATE)")
-	userRate := fs.Int("user-rate", envInt("USER_RATE", 5000), "GETs/s that must reach userspace (env USER_RATE)")
+	hotRate := fs.Int("hot-rate", envInt("HOT_RATE", 20000), "GETs/s the kernel can answer, open loop (env HOT_RATE)")
+	userRate := fs.Int("user-rate", envInt("USER_RATE", 2000), "GETs/s that must reach userspace (env USER_RATE)")
 	userKind := fs.String("user-kind", env("USER_KIND", "miss"), "userspace GETs: miss (keys never set) or large (values over one datagram) (env USER_KIND)")
 	hotKeys := fs.Int("hot-keys", envInt("HOT_KEYS", 1000), "hot key space, uniform; all of it fits the kernel cache (env HOT_KEYS)")
 	duration := fs.Duration("duration", envDuration("DURATION", 10*time.Second), "measured window per run (env DURATION)")
 	warmup := fs.Duration("warmup", envDuration("WARMUP", 3*time.Second), "warmup per run (env WARMUP)")
-	rounds := fs.Int("rounds", envInt("ROUNDS", 2), "rounds; each runs kernel off and on, alternating which goes first (env ROUNDS)")
+	rounds := fs.Int("rounds", envInt("ROUNDS", 3), "rounds; each runs kernel off and on, alternating which goes first (env ROUNDS)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}

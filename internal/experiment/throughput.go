@@ -33,7 +33,7 @@ func runThroughput(ctx context.Context, c *common, args []string) error {
 	fs := c.flags("throughput")
 	duration := fs.Duration("duration", envDuration("DURATION", 5*time.Second), "measured window per run (env DURATION)")
 	warmup := fs.Duration("warmup", envDuration("WARMUP", 2*time.Second), "warmup per run (env WARMUP)")
-	rounds := fs.Int("rounds", envInt("ROUNDS", 2), "rounds over the four cases (env ROUNDS)")
+	rounds := fs.Int("rounds", envInt("ROUNDS", 3), "rounds over the four cases (env ROUNDS)")
 	keys := fs.Int("keys", envInt("KEYS", 1000), "key space, uniform, all hot (env KEYS)")
 	conc := fs.Int("concurrency", envInt("CONCURRENCY", 128), "requests outstanding (env CONCURRENCY)")
 	casesFlag := fs.String("cases", env("CASES", "kernel go memcached echo"), "which answerers (env CASES)")
