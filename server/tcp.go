@@ -88,11 +88,12 @@ type tcpConn struct {
 // when it returns, whichever way (as net/http's Serve does), so a Serve that loses a race with
 // Shutdown leaves no listener open.
 func (s *Server) ServeTCP(ln net.Listener) error {
-	defer ln.Close()
 	if !s.track(func() { s.listeners[ln] = struct{}{}; s.wg.Add(1) }) {
+		_ = ln.Close()
 		return ErrServerClosed
 	}
 	defer func() {
+		_ = ln.Close() // before wg.Done: once Shutdown returns, the port is free
 		s.mu.Lock()
 		delete(s.listeners, ln)
 		s.mu.Unlock()

@@ -64,11 +64,12 @@ func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
 // It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error, and
 // closes conn when it returns, whichever way.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
-	defer conn.Close()
 	if !s.track(func() { s.udpConns[conn] = struct{}{}; s.wg.Add(1) }) {
+		_ = conn.Close()
 		return ErrServerClosed
 	}
 	defer func() {
+		_ = conn.Close() // before wg.Done: once Shutdown returns, the port is free
 		s.mu.Lock()
 		delete(s.udpConns, conn)
 		s.mu.Unlock()

@@ -7,16 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/server"
 )
@@ -260,8 +257,7 @@ func (g *udpGetter) do(payload string) (reply string, kernel bool, err error) {
 
 // restartServer replaces the rig's server with a fresh one (empty store) over kernel and empties
 // the kernel cache, so nothing from the old store can be served. The new server listens on the
-// server's IPv6 address (the kernel path answers both families): the old server's sockets cannot
-// be reclaimed, since Shutdown leaves its UDP socket open. Clients made afterwards use the new address.
+// same address: Shutdown has closed the old one's sockets by the time it returns.
 func (r *rig) restartServer(t testing.TB, kernel server.KernelCache) {
 	t.Helper()
 	r.restartServerWith(t, server.Config{Kernel: kernel})
@@ -275,13 +271,9 @@ func (r *rig) restartServerWith(t testing.TB, cfg server.Config) {
 	if err := r.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("shut down the rig's server: %v", err)
 	}
-	if uc, ok := restartedUDP.LoadAndDelete(r.srv); ok {
-		uc.(*net.UDPConn).Close() // a server restarted here before: free its address
-	}
 	if err := r.kernel.Flush(time.Now()); err != nil {
 		t.Fatalf("flush the kernel cache: %v", err)
 	}
-	r.addr = netip.AddrPortFrom(netns.ServerIPv6, testPort)
 	var tcp net.Listener
 	var udp *net.UDPConn
 	if err := r.pair.Server.Do(func() (err error) {
@@ -293,14 +285,12 @@ func (r *rig) restartServerWith(t testing.TB, cfg server.Config) {
 	}); err != nil {
 		t.Fatalf("listen again: %v", err)
 	}
-	t.Cleanup(func() { udp.Close() })
 	cfg.MemoryLimit, cfg.MaxItemSize, cfg.ConnLimit, cfg.Version = 64<<20, 1<<20, 64, "xdpcache-test"
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
 	r.srv = srv
-	restartedUDP.Store(srv, udp)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.ServeTCP(tcp) }()
 	go func() { errc <- srv.ServeUDP(udp) }()
@@ -318,8 +308,6 @@ func (r *rig) restartServerWith(t testing.TB, cfg server.Config) {
 	})
 }
 
-// restartedUDP holds the UDP sockets of servers started by restartServer (Shutdown leaves them open).
-var restartedUDP sync.Map
 
 // forgetfulKernel is a deliberately broken kernel cache: it drops every Invalidate, so the kernel
 // keeps serving values that writes have replaced. The linearizability check must catch it.

@@ -7,16 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/bpf"
 	"github.com/xdpcache/xdpcache/internal/netns"
-	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/internal/testenv"
 	"github.com/xdpcache/xdpcache/server"
 )
@@ -39,33 +38,8 @@ type rig struct {
 func newRig(t *testing.T, admission string) *rig {
 	t.Helper()
 	testenv.RequireRoot(t)
-	pair, err := netns.NewPair("xce2e")
-	if err != nil {
-		t.Fatalf("create namespaces: %v", err)
-	}
-	t.Cleanup(func() { pair.Close() })
+	pair := newPassPair(t, "xce2e")
 	r := &rig{pair: pair, addr: netip.AddrPortFrom(netns.ServerIPv4, testPort)}
-
-	// XDP_TX on a veth in native mode needs a program on the peer too.
-	if err := pair.Client.Do(func() error {
-		pass, err := bpf.LoadPass()
-		if err != nil {
-			return err
-		}
-		defer pass.Close()
-		idx, err := pair.Client.Ifindex(pair.ClientIf)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: idx, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { l.Close() })
-		return nil
-	}); err != nil {
-		t.Fatalf("attach XDP_PASS to the client veth: %+v", err)
-	}
 
 	var tcp net.Listener
 	var udp *net.UDPConn
@@ -89,6 +63,7 @@ func newRig(t *testing.T, admission string) *rig {
 	}
 	t.Cleanup(func() { r.kernel.Close() })
 
+	var err error
 	r.srv, err = server.New(server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64,
 		Kernel: r.kernel, Version: "xdpcache-test"})
 	if err != nil {
@@ -96,12 +71,58 @@ func newRig(t *testing.T, admission string) *rig {
 	}
 	go r.srv.ServeTCP(tcp)
 	go r.srv.ServeUDP(udp)
+	r.waitServing(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		r.srv.Shutdown(ctx)
 	})
 	return r
+}
+
+// waitServing returns once the server answers `version` over TCP and over UDP from the client
+// namespace: both Serve goroutines are running, so a Shutdown from here on closes their sockets.
+func (r *rig) waitServing(t *testing.T) {
+	t.Helper()
+	if _, err := r.memcacheClient().Get("readiness-probe"); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("server not answering over TCP: %v", err)
+	}
+	u := r.udpGetter(t, 2*time.Second)
+	if reply, _, err := u.do("version\r\n"); err != nil || !strings.HasPrefix(reply, "VERSION ") {
+		t.Fatalf("server not answering over UDP: %q, %v", reply, err)
+	}
+}
+
+// newPassPair is the veth pair between a server and a client namespace, with XDP_PASS on the
+// client's end: XDP_TX on a veth in native mode needs a program on the peer too.
+func newPassPair(t *testing.T, prefix string) *netns.Pair {
+	t.Helper()
+	testenv.RequireRoot(t)
+	pair, err := netns.NewPair(prefix)
+	if err != nil {
+		t.Fatalf("create namespaces: %v", err)
+	}
+	t.Cleanup(func() { pair.Close() })
+	if err := pair.Client.Do(func() error {
+		pass, err := bpf.LoadPass()
+		if err != nil {
+			return err
+		}
+		defer pass.Close()
+		idx, err := pair.Client.Ifindex(pair.ClientIf)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: idx, Flags: link.XDPDriverMode})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	}); err != nil {
+		t.Fatalf("attach XDP_PASS to the client veth: %+v", err)
+	}
+	return pair
 }
 
 // memcacheClient is a gomemcache client whose connections are opened in the client namespace.
@@ -117,82 +138,6 @@ func (r *rig) memcacheClient() *memcache.Client {
 		return conn, err
 	}
 	return c
-}
-
-// udpClient is a UDP socket in the client namespace that reports the DSCP of what it receives.
-type udpClient struct {
-	conn *net.UDPConn
-	id   uint16
-}
-
-func (r *rig) udpClient(t *testing.T) *udpClient {
-	t.Helper()
-	var c *net.UDPConn
-	if err := r.pair.Client.Do(func() (err error) {
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.addr))
-		return err
-	}); err != nil {
-		t.Fatalf("client socket: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	raw, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1) })
-	if serr != nil {
-		t.Fatalf("IP_RECVTOS: %v", serr)
-	}
-	return &udpClient{conn: c}
-}
-
-// request sends one framed request and returns the reassembled reply and the DSCP it came with.
-func (u *udpClient) request(payload string) (reply string, dscp int, err error) {
-	u.id++
-	msg := protocol.FrameHeader{RequestID: u.id, Total: 1}.AppendTo(nil)
-	if _, err := u.conn.Write(append(msg, payload...)); err != nil {
-		return "", 0, err
-	}
-	buf, oob := make([]byte, 65536), make([]byte, 128)
-	parts := map[uint16]string{}
-	total := -1
-	u.conn.SetReadDeadline(time.Now().Add(replyWait))
-	for total < 0 || len(parts) < total {
-		n, oobn, _, _, err := u.conn.ReadMsgUDP(buf, oob)
-		if err != nil {
-			return "", 0, fmt.Errorf("read reply to %q: %w", payload, err)
-		}
-		h, err := protocol.ParseFrameHeader(buf[:n])
-		if err != nil {
-			return "", 0, err
-		}
-		if h.RequestID != u.id {
-			continue // a late reply to an earlier request
-		}
-		total = int(h.Total)
-		parts[h.Seq] = string(buf[protocol.FrameHeaderLen:n])
-		if tos, ok := tosOf(oob[:oobn]); ok {
-			dscp = int(tos >> 2)
-		}
-	}
-	for i := 0; i < total; i++ {
-		reply += parts[uint16(i)]
-	}
-	return reply, dscp, nil
-}
-
-func tosOf(oob []byte) (byte, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0, false
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_TOS && len(m.Data) > 0 {
-			return m.Data[0], true
-		}
-	}
-	return 0, false
 }
 
 func (r *rig) stat(t *testing.T, name string) uint64 {
@@ -216,5 +161,3 @@ func (r *rig) kernelHits(t *testing.T) uint64 {
 	}
 	return s.Hits
 }
-
-var errNoKernelReply = errors.New("the kernel never answered")

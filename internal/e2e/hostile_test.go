@@ -408,7 +408,7 @@ func TestUDPSourceOutsideAllowList(t *testing.T) {
 	r := newRig(t, "always")
 	// Only the server's own address may ask: the client namespace is outside.
 	r.restartServerWith(t, server.Config{Kernel: r.kernel,
-		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ServerIPv6, 128)}})
+		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ServerIPv4, 32), netip.PrefixFrom(netns.ServerIPv6, 128)}})
 	tc := r.dialText(t)
 	if got, err := tc.line("set spoofed 0 0 5\r\nhello\r\n"); err != nil || got != "STORED" {
 		t.Fatalf("TCP set: %q %v", got, err)
@@ -429,7 +429,7 @@ func TestUDPSourceOutsideAllowList(t *testing.T) {
 	}
 
 	r.restartServerWith(t, server.Config{Kernel: r.kernel,
-		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ClientIPv6, 128)}})
+		AllowSources: []netip.Prefix{netip.PrefixFrom(netns.ClientIPv4, 32), netip.PrefixFrom(netns.ClientIPv6, 128)}})
 	tc = r.dialText(t)
 	tc.line("set spoofed 0 0 5\r\nhello\r\n")
 	g = r.udpGetter(t, time.Second)

@@ -18,12 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/xdpcache/xdpcache/bpf"
 	"github.com/xdpcache/xdpcache/internal/netns"
-	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // Helpers for tests that run the real `xdpcache serve` binary in the server namespace.
@@ -34,31 +31,7 @@ const metricsPort = 9150
 // `xdpcache serve` itself. Its rig has no kernel and no in-process server.
 func newBareRig(t *testing.T) *rig {
 	t.Helper()
-	testenv.RequireRoot(t)
-	pair, err := netns.NewPair("xcproc")
-	if err != nil {
-		t.Fatalf("create namespaces: %v", err)
-	}
-	t.Cleanup(func() { pair.Close() })
-	if err := pair.Client.Do(func() error {
-		pass, err := bpf.LoadPass()
-		if err != nil {
-			return err
-		}
-		defer pass.Close()
-		idx, err := pair.Client.Ifindex(pair.ClientIf)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: idx, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { l.Close() })
-		return nil
-	}); err != nil {
-		t.Fatalf("attach XDP_PASS to the client veth: %+v", err)
-	}
+	pair := newPassPair(t, "xcproc")
 	return &rig{pair: pair, addr: netip.AddrPortFrom(netns.ServerIPv4, testPort)}
 }
 
