@@ -651,7 +651,9 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 		return pass(ret);
 	st->csum += csum_at(END_CSUM, FRAME_LEN + st->out_len);
 
-	orig_len = bpf_xdp_get_buff_len(ctx);
+	/* The program is not loaded frags-aware (xdp.frags), so the kernel hands it only linear
+	 * frames: the frame's length is data_end - data, no helper call needed. */
+	orig_len = (__u32)((long)ctx->data_end - (long)ctx->data);
 	delta = (int)(l4.l4_off + sizeof(struct udphdr) + total) - (int)orig_len;
 	if (bpf_xdp_adjust_tail(ctx, delta)) {
 		/* No tailroom (veth's copied skbs have none): grow at the head instead, where
