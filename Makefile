@@ -45,6 +45,9 @@ fuzz-short: ## Run each fuzz target briefly.
 bench: deps build ## Benchmarks side by side with their baselines; see docs/BENCHMARKS.md.
 	./scripts/bench.sh
 
+experiment: deps build ## The four experiments of issue #4 (root, ~6.5 min): mix, throughput, cpu, sweep; see docs/EXPERIMENTS.md.
+	BIN=$(BIN) ./scripts/experiment-all.sh
+
 lint: ## gofmt and go vet.
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad" >&2; exit 1; fi
 	$(GO) vet ./...
@@ -52,4 +55,4 @@ lint: ## gofmt and go vet.
 demo: deps build ## Run the kernel path against a Zipf load in two network namespaces and print the split.
 	./$(BIN) demo
 
-.PHONY: help deps build generate check-generated test fuzz-short bench lint demo
+.PHONY: help deps build generate check-generated test fuzz-short bench experiment lint demo
