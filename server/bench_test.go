@@ -94,7 +94,9 @@ func tcpLoad(b *testing.B, addr, op string, n int) loadResult {
 }
 
 // udpLoad sends n single-key gets over benchUDPConns sockets, one in flight per socket.
-func udpLoad(b *testing.B, addr string, n int) loadResult {
+// udpLoad sends n requests of op ("get" or "set") over UDP from benchUDPConns sockets, one in
+// flight each, and records each reply's latency; a reply lost for 200 ms counts as lost.
+func udpLoad(b *testing.B, addr, op string, n int) loadResult {
 	lat := hdrhistogram.New(1, 10_000_000, 3)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -114,12 +116,18 @@ func udpLoad(b *testing.B, addr string, n int) loadResult {
 			defer conn.Close()
 			local := hdrhistogram.New(1, 10_000_000, 3)
 			buf := make([]byte, 2048)
-			req := make([]byte, 0, 64)
+			req := make([]byte, 0, 128)
+			value := bytes.Repeat([]byte("v"), benchValueLen)
 			localLost := 0
 			for i := 0; i < per; i++ {
 				id := uint16(i)
 				req = protocol.FrameHeader{RequestID: id, Total: 1}.AppendTo(req[:0])
-				req = append(req, "get "+benchKey(c*per+i)+"\r\n"...)
+				if op == "set" {
+					req = append(req, "set "+benchKey(c*per+i)+" 0 0 "+strconv.Itoa(benchValueLen)+"\r\n"...)
+					req = append(append(req, value...), "\r\n"...)
+				} else {
+					req = append(req, "get "+benchKey(c*per+i)+"\r\n"...)
+				}
 				t0 := time.Now()
 				if _, err := conn.Write(req); err != nil {
 					b.Error(err)
@@ -175,7 +183,8 @@ func BenchmarkVsMemcached(b *testing.B) {
 	}{
 		{"tcp-get", ours.tcpAddr, func(addr string, n int) loadResult { return tcpLoad(b, addr, "get", n) }},
 		{"tcp-set", ours.tcpAddr, func(addr string, n int) loadResult { return tcpLoad(b, addr, "set", n) }},
-		{"udp-get", ours.udpAddr, func(addr string, n int) loadResult { return udpLoad(b, addr, n) }},
+		{"udp-get", ours.udpAddr, func(addr string, n int) loadResult { return udpLoad(b, addr, "get", n) }},
+		{"udp-set", ours.udpAddr, func(addr string, n int) loadResult { return udpLoad(b, addr, "set", n) }},
 	}
 	merge := func(x, y loadResult) loadResult {
 		x.ops += y.ops
