@@ -308,7 +308,6 @@ func (r *rig) restartServerWith(t testing.TB, cfg server.Config) {
 	})
 }
 
-
 // forgetfulKernel is a deliberately broken kernel cache: it drops every Invalidate, so the kernel
 // keeps serving values that writes have replaced. The linearizability check must catch it.
 type forgetfulKernel struct{ server.KernelCache }
