@@ -96,17 +96,18 @@ type xdpcacheIndexSlot struct {
 }
 
 type xdpcacheScratch struct {
-	_       structs.HostLayout
-	NowNs   uint64
-	Csum    uint64
-	Hash    uint64
-	Pos     uint32
-	End     uint32
-	OutLen  uint32
-	Gets    uint32
-	Locs    [32]uint32
-	Key     [32]uint64
-	Headers [128]uint8
+	_              structs.HostLayout
+	NowNs          uint64
+	Csum           uint64
+	Hash           uint64
+	Pos            uint32
+	End            uint32
+	OutLen         uint32
+	Gets           uint32
+	Locs           [32]uint32
+	Key            [32]uint64
+	BenchHeadGrown int32
+	_              [4]byte
 }
 
 // Names of all BPF objects in the ELF.
