@@ -64,6 +64,12 @@ func (k *fakeKernel) Stats() (KernelStats, error) {
 	return k.stats, nil
 }
 
+func (k *fakeKernel) offerCount() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.offers
+}
+
 func (k *fakeKernel) get(key string) (KernelItem, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -84,7 +90,7 @@ func TestKernelOfferOnUDPHitOnly(t *testing.T) {
 	if got := c.roundTrip("get a\r\n"); got != "VALUE a 7 3\r\nabc\r\nEND\r\n" {
 		t.Fatalf("tcp get: %q", got)
 	}
-	if _, ok := k.get("a"); ok || k.offers != 0 {
+	if _, ok := k.get("a"); ok || k.offerCount() != 0 {
 		t.Fatal("a TCP get offered the item to the kernel")
 	}
 	out := s.HandleDatagram(udpReq(5, "get a b nokey\r\n"))
@@ -195,7 +201,7 @@ func TestKernelNeverServesStaleAfterAck(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	if k.offers == 0 {
+	if k.offerCount() == 0 {
 		t.Fatal("no fill happened: the race was not exercised")
 	}
 }

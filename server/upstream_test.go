@@ -453,7 +453,7 @@ func TestUpstreamNoStaleFillAfterAck(t *testing.T) {
 		}
 	}
 	st := u.s.Stats()
-	if st["upstream_fills"] == "0" || k.offers == 0 {
-		t.Fatalf("no fill reached the store and the kernel (stats %v, offers %d): the race was not exercised", st, k.offers)
+	if offers := k.offerCount(); st["upstream_fills"] == "0" || offers == 0 {
+		t.Fatalf("no fill reached the store and the kernel (stats %v, offers %d): the race was not exercised", st, offers)
 	}
 }
