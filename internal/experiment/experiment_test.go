@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdpcache/xdpcache/loadgen"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -101,7 +103,7 @@ func TestCPUFigures(t *testing.T) {
 
 func TestMixSummary(t *testing.T) {
 	run := func(kernel bool, p50 float64) mixRun {
-		rep := &Report{Classes: map[string]Class{"user_miss": {Count: 10, P50us: p50}}}
+		rep := &Report{Classes: map[string]loadgen.ClassStats{"user_miss": {Count: 10, P50Us: p50}}}
 		return mixRun{Kernel: kernel, Hot: &Report{KernelShare: 1}, User: rep}
 	}
 	// Medians per mode: off 40 (of 40, 50, 30), on 60 (of 60, 70, 10).

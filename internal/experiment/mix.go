@@ -98,7 +98,7 @@ func runMix(ctx context.Context, c *common, args []string) error {
 			runs = append(runs, mixRun{Round: r, Kernel: kernel, Hot: hot, User: user})
 			u := user.Classes[userClass]
 			c.progress("mix: %s: hot %.0f/s kernel share %.1f%%; userspace %s p50 %.1f µs p99 %.1f µs",
-				name, hot.AchievedRate, 100*hot.KernelShare, userClass, u.P50us, u.P99us)
+				name, hot.AchievedRate, 100*hot.KernelShare, userClass, u.P50Us, u.P99Us)
 		}
 	}
 	b, _ := json.MarshalIndent(runs, "", "  ")
@@ -122,10 +122,10 @@ func mixSummary(runs []mixRun, userClass string, hotRate, userRate int, kind, di
 		get  func(r mixRun) float64
 	}
 	figs := []fig{
-		{"userspace p50 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P50us }},
-		{"userspace p90 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P90us }},
-		{"userspace p99 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P99us }},
-		{"userspace p99.9 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P999us }},
+		{"userspace p50 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P50Us }},
+		{"userspace p90 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P90Us }},
+		{"userspace p99 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P99Us }},
+		{"userspace p99.9 µs", func(r mixRun) float64 { return r.User.Classes[userClass].P999Us }},
 		{"hot GETs p50 µs (any class)", func(r mixRun) float64 { return hotP50(r.Hot) }},
 		{"hot kernel share %", func(r mixRun) float64 { return 100 * r.Hot.KernelShare }},
 		{"userspace kernel share %", func(r mixRun) float64 { return 100 * r.User.KernelShare }},
@@ -166,7 +166,7 @@ func mixSummary(runs []mixRun, userClass string, hotRate, userRate int, kind, di
 func hotP50(r *Report) float64 {
 	k, u := r.Classes["kernel_hit"], r.Classes["user_hit"]
 	if k.Count >= u.Count {
-		return k.P50us
+		return k.P50Us
 	}
-	return u.P50us
+	return u.P50Us
 }

@@ -9,31 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdpcache/xdpcache/loadgen"
 )
 
-// Class is one latency class of a bench report.
-type Class struct {
-	Count  uint64  `json:"count"`
-	Rate   float64 `json:"rate"`
-	P50us  float64 `json:"p50_us"`
-	P90us  float64 `json:"p90_us"`
-	P99us  float64 `json:"p99_us"`
-	P999us float64 `json:"p999_us"`
-	MaxUs  float64 `json:"max_us"`
-}
-
-// Report is the part of `bench --json` the experiments read.
-type Report struct {
-	OfferedRate  float64          `json:"offered_rate"`
-	AchievedRate float64          `json:"achieved_rate"`
-	DurationS    float64          `json:"duration_s"`
-	HitRatio     float64          `json:"hit_ratio"`
-	KernelShare  float64          `json:"kernel_share"`
-	Timeouts     uint64           `json:"timeouts"`
-	Errors       uint64           `json:"errors"`
-	Classes      map[string]Class `json:"classes"`
-	Warnings     []string         `json:"warnings"`
-}
+// Report is what `bench --json` writes: the load generator's own report type, so the two cannot
+// drift apart.
+type Report = loadgen.Report
 
 // ReadReport parses a bench JSON report.
 func ReadReport(path string) (*Report, error) {

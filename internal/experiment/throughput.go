@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdpcache/xdpcache/loadgen"
 )
 
 // The four answerers of the throughput experiment.
@@ -153,11 +155,11 @@ func tpSummary(runs []tpRun, cases []string, conc int, dir string) string {
 
 // anyP50 is the median of the class that answered most.
 func anyP50(r *Report) float64 {
-	var best Class
+	var best loadgen.ClassStats
 	for _, c := range r.Classes {
 		if c.Count > best.Count {
 			best = c
 		}
 	}
-	return best.P50us
+	return best.P50Us
 }
