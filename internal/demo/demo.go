@@ -22,8 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf/link"
-
 	"github.com/xdpcache/xdpcache/bpf"
 	"github.com/xdpcache/xdpcache/internal/netns"
 )
@@ -117,23 +115,9 @@ func vethTopology(cfg Config) (*topology, error) {
 		pair.Close()
 	}
 	// XDP_TX on a veth in native mode needs an XDP program on the peer too; XDP_PASS is enough.
-	err = pair.Client.Do(func() error {
-		prog, err := bpf.LoadPass()
-		if err != nil {
-			return err
-		}
-		idx, err := pair.Client.Ifindex(pair.ClientIf)
-		if err != nil {
-			prog.Close()
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: idx, Flags: link.XDPDriverMode})
-		prog.Close() // the link holds the program
-		if err != nil {
-			return err
-		}
-		top.clientPass = l
-		return nil
+	err = pair.Client.Do(func() (err error) {
+		top.clientPass, err = bpf.AttachPass(pair.ClientIf, bpf.ModeNative)
+		return err
 	})
 	if err != nil {
 		top.cleanup()

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/xdpcache/xdpcache/bpf"
 	"github.com/xdpcache/xdpcache/internal/netns"
@@ -104,16 +103,7 @@ func newPassPair(t *testing.T, prefix string) *netns.Pair {
 	}
 	t.Cleanup(func() { pair.Close() })
 	if err := pair.Client.Do(func() error {
-		pass, err := bpf.LoadPass()
-		if err != nil {
-			return err
-		}
-		defer pass.Close()
-		idx, err := pair.Client.Ifindex(pair.ClientIf)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: idx, Flags: link.XDPDriverMode})
+		l, err := bpf.AttachPass(pair.ClientIf, bpf.ModeNative)
 		if err != nil {
 			return err
 		}

@@ -83,13 +83,8 @@ func NewLab(bin string, serverCPU, clientCPU int, log io.Writer) (l *Lab, err er
 			l.Close()
 		}
 	}()
-	err = l.pair.Client.Do(func() error {
-		prog, err := bpf.LoadPass()
-		if err != nil {
-			return err
-		}
-		defer prog.Close() // the link holds it
-		l.clientPass, _, err = bpf.AttachProgram(prog, l.pair.ClientIf, bpf.ModeNative)
+	err = l.pair.Client.Do(func() (err error) {
+		l.clientPass, err = bpf.AttachPass(l.pair.ClientIf, bpf.ModeNative)
 		return err
 	})
 	if err != nil {
