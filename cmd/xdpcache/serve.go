@@ -265,9 +265,39 @@ func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.
 		log.Warn("native XDP unavailable on this interface: FELL BACK TO GENERIC MODE, expect far less gain",
 			zap.String("iface", f.xdpIface))
 	}
+	if !listenCoversIface(f.listen, iface) {
+		log.Warn("the kernel answers UDP GET hits on every address of the interface, but the server "+
+			"does not listen there: misses and writes from that interface will get no answer "+
+			"(set --listen to the interface's address or 0.0.0.0)",
+			zap.String("iface", f.xdpIface), zap.String("listen", f.listen))
+	}
 	log.Info("kernel path on", zap.String("iface", f.xdpIface), zap.String("mode", string(got)),
 		zap.Int("mtu", iface.MTU), zap.String("admission", f.admission), zap.Uint8("reply_dscp", f.markDSCP))
 	return kc, nil
+}
+
+// listenCoversIface reports whether a server listening on listen receives what arrives at one of
+// iface's addresses: the wildcard does, and so does one of the interface's own addresses.
+func listenCoversIface(listen string, iface *net.Interface) bool {
+	ip, err := netip.ParseAddr(listen)
+	if err != nil {
+		return true // a host name: cannot tell, do not warn
+	}
+	if ip.IsUnspecified() {
+		return true
+	}
+	addrs, err := iface.Addrs()
+	if err != nil {
+		return true
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if got, ok := netip.AddrFromSlice(n.IP); ok && got.Unmap() == ip.Unmap() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // replyMTU is the MTU the kernel sizes replies by. lo's is 65536, more than an IP packet can

@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"net"
+	"testing"
+)
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"1m": 1 << 20, "512k": 512 << 10, "2048": 2048, " 2M ": 2 << 20} {
@@ -53,5 +56,20 @@ func TestKernelAmplificationOff(t *testing.T) {
 	}
 	if got := kernelAmplification(32); got != 32 {
 		t.Errorf("kernelAmplification(32) = %v", got)
+	}
+}
+
+func TestListenCoversIface(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skipf("no lo: %v", err)
+	}
+	for listen, want := range map[string]bool{
+		"0.0.0.0": true, "::": true, "127.0.0.1": true, "localhost": true,
+		"192.0.2.1": false, // an address lo does not have: the kernel would answer where no server listens
+	} {
+		if got := listenCoversIface(listen, lo); got != want {
+			t.Errorf("listenCoversIface(%q, lo) = %v, want %v", listen, got, want)
+		}
 	}
 }
