@@ -1,9 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdpcache/xdpcache/server"
 )
 
 func TestFormatRatesSplitsKernelAndUser(t *testing.T) {
@@ -19,5 +26,76 @@ func TestFormatRatesSplitsKernelAndUser(t *testing.T) {
 		if !strings.Contains(line, want) {
 			t.Errorf("line %q lacks %q", line, want)
 		}
+	}
+}
+
+// TestWatchStatsAgainstServer runs the live view against a real server: after 3 gets (2 hits, 1
+// miss) between two samples the summary line shows them, and --raw prints memcached's fields.
+func TestWatchStatsAgainstServer(t *testing.T) {
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTCP(ln)
+	defer srv.Shutdown(context.Background())
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "set k 0 0 1\r\nv\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- watchStats(context.Background(), &out, ln.Addr().String(), 300*time.Millisecond, 1, false)
+	}()
+	time.Sleep(100 * time.Millisecond) // inside the first interval
+	if _, err := io.WriteString(c, "get k\r\nget k\r\nget nope\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("watchStats: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "kernel/s") {
+		t.Fatalf("want a header and one sample, got:\n%s", out.String())
+	}
+	// 3 gets in ~0.3 s: get/s ~10, hit 66.7%, kernel 0%.
+	if !strings.Contains(lines[1], "66.7%") || !strings.Contains(lines[1], "0.0%") {
+		t.Errorf("sample line %q: want a 66.7%% hit ratio and 0.0%% kernel share", lines[1])
+	}
+
+	out.Reset()
+	if err := watchStats(context.Background(), &out, ln.Addr().String(), time.Millisecond, 1, true); err != nil {
+		t.Fatalf("watchStats --raw: %v", err)
+	}
+	for _, field := range []string{"cmd_get 3", "get_hits 2", "get_misses 1", "curr_items 1"} {
+		if !strings.Contains(out.String(), field+"\n") {
+			t.Errorf("raw output lacks %q:\n%s", field, out.String())
+		}
+	}
+}
+
+func TestWatchStatsNoServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	err = watchStats(context.Background(), io.Discard, addr, time.Second, 1, false)
+	if err == nil || !strings.Contains(err.Error(), "connect to "+addr) {
+		t.Fatalf("no server: err %v, want a connect error naming the address", err)
 	}
 }
