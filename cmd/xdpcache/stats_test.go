@@ -58,9 +58,17 @@ func TestWatchStatsAgainstServer(t *testing.T) {
 	var out bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- watchStats(context.Background(), &out, ln.Addr().String(), 300*time.Millisecond, 1, false)
+		done <- watchStats(context.Background(), &out, ln.Addr().String(), 1500*time.Millisecond, 1, false)
 	}()
-	time.Sleep(100 * time.Millisecond) // inside the first interval
+	// Send the gets once the live view has connected (and so taken its first sample at once),
+	// well inside its interval.
+	for deadline := time.Now().Add(5 * time.Second); srv.Stats()["curr_connections"] != "2"; {
+		if time.Now().After(deadline) {
+			t.Fatal("the live view never connected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
 	if _, err := io.WriteString(c, "get k\r\nget k\r\nget nope\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +79,7 @@ func TestWatchStatsAgainstServer(t *testing.T) {
 	if len(lines) != 2 || !strings.Contains(lines[0], "kernel/s") {
 		t.Fatalf("want a header and one sample, got:\n%s", out.String())
 	}
-	// 3 gets in ~0.3 s: get/s ~10, hit 66.7%, kernel 0%.
+	// 3 gets between the samples: hit ratio 66.7%, kernel share 0%.
 	if !strings.Contains(lines[1], "66.7%") || !strings.Contains(lines[1], "0.0%") {
 		t.Errorf("sample line %q: want a 66.7%% hit ratio and 0.0%% kernel share", lines[1])
 	}
