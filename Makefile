@@ -5,7 +5,7 @@ CLANG ?= clang-19
 export CLANG
 
 # Debian packages the build, tests, benchmarks and demo need. `make deps` installs the missing ones.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool jq
 BIN := bin/xdpcache
 
 .DEFAULT_GOAL := help
