@@ -7,7 +7,7 @@
 #   sudo scripts/experiment-cpu.sh
 #   sudo RATE=50000 DURATION=15s scripts/experiment-cpu.sh
 #
-# Env: RATE (30000) DURATION (8s) KEYS (1000) CASES ("kernel go memcached") SERVER_CPU CLIENT_CPU
+# Env: RATE (30000) DURATION (8s) KEYS (1000) CASES ("kernel go memcached") ROUNDS (3) SERVER_CPU CLIENT_CPU
 # BIN OUT (results/cpu-TIME).
 source "$(dirname "$0")/experiment-lib.sh"
 xp cpu "$@"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ type cpuSnap struct {
 
 // cpuResult is one case's figures per GET over the window.
 type cpuResult struct {
+	Round         int     `json:"round"`
 	Case          string  `json:"case"`
 	WindowS       float64 `json:"window_s"`
 	Gets          uint64  `json:"gets"`
@@ -50,6 +52,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	window := fs.Duration("duration", envDuration("DURATION", 8*time.Second), "sampling window per case (env DURATION)")
 	keys := fs.Int("keys", envInt("KEYS", 1000), "key space, uniform, all hot (env KEYS)")
 	casesFlag := fs.String("cases", env("CASES", "kernel go memcached"), "which servers (env CASES)")
+	rounds := fs.Int("rounds", envInt("ROUNDS", 3), "rounds of every case, order alternating; the summary gives the median ratio (env ROUNDS)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -58,20 +61,35 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 		return err
 	}
 	defer lab.Close()
-	var results []cpuResult
-	for _, cs := range strings.Fields(*casesFlag) {
+	cases := strings.Fields(*casesFlag)
+	for _, cs := range cases {
 		if cs == caseEcho {
 			return fmt.Errorf("%w: cpu has no echo case (no server process)", ErrUsage)
 		}
-		sub := filepath.Join(dir, cs)
-		if err := os.MkdirAll(sub, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", sub, err)
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("%w: rounds %d", ErrUsage, *rounds)
+	}
+	// The per-GET figures move 20-40% from one run to the next (cold caches, the other core's
+	// load), so every case runs in each round, in alternating order, and the ratios are medians.
+	var results []cpuResult
+	for round := 1; round <= *rounds; round++ {
+		order := slices.Clone(cases)
+		if round%2 == 0 {
+			slices.Reverse(order)
 		}
-		res, err := cpuCase(ctx, c, lab, sub, cs, *rate, *keys, *window)
-		if err != nil {
-			return err
+		for _, cs := range order {
+			sub := filepath.Join(dir, fmt.Sprintf("round%d-%s", round, cs))
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", sub, err)
+			}
+			res, err := cpuCase(ctx, c, lab, sub, cs, *rate, *keys, *window)
+			if err != nil {
+				return err
+			}
+			res.Round = round
+			results = append(results, *res)
 		}
-		results = append(results, *res)
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
 	if err := os.WriteFile(filepath.Join(dir, "cpu.json"), b, 0o644); err != nil {
@@ -204,7 +222,43 @@ func cpuFigures(cs string, a, b cpuSnap) cpuResult {
 	return r
 }
 
+// cpuSummary prints each round's table and ratios, then the median ratios over the rounds.
 func cpuSummary(rs []cpuResult, rate int, dir string) string {
+	var sb strings.Builder
+	byRound := map[int][]cpuResult{}
+	var rounds []int
+	for _, r := range rs {
+		if _, ok := byRound[r.Round]; !ok {
+			rounds = append(rounds, r.Round)
+		}
+		byRound[r.Round] = append(byRound[r.Round], r)
+	}
+	perBase := map[string][]float64{}
+	for _, n := range rounds {
+		text, ratios := cpuRoundSummary(byRound[n], rate, dir)
+		fmt.Fprintf(&sb, "round %d:\n%s", n, text)
+		for base, r := range ratios {
+			perBase[base] = append(perBase[base], r)
+		}
+	}
+	for _, base := range []string{caseMemcached, caseGo} {
+		xs := perBase[base]
+		if len(xs) == 0 {
+			continue
+		}
+		parts := make([]string, len(xs))
+		for i, x := range xs {
+			parts[i] = fmtRatio(x)
+		}
+		fmt.Fprintf(&sb, "%s process CPU per GET / XDP program time per kernel hit, median of %d round(s): %s (rounds: %s; target >= 20)\n",
+			base, len(xs), fmtRatio(median(xs)), strings.Join(parts, ", "))
+	}
+	return sb.String()
+}
+
+// cpuRoundSummary is one round's table and its process/XDP ratio per baseline.
+func cpuRoundSummary(rs []cpuResult, rate int, dir string) (string, map[string]float64) {
+	ratios := map[string]float64{}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "cpu: server CPU per GET hit at %d GETs/s offered (open loop, 32-byte values, all keys hot); results %s\n", rate, dir)
 	fmt.Fprintf(&sb, "%-10s %9s %9s %10s %11s %10s %10s %10s %9s %9s\n", "case", "GETs/s", "kernel%",
@@ -226,12 +280,13 @@ func cpuSummary(rs []cpuResult, rate int, dir string) string {
 			continue
 		}
 		user := b.ProcNsPerGet
-		fmt.Fprintf(&sb, "%s process CPU per GET / XDP program time per kernel hit: %s (target >= 20)\n", base, fmtRatio(ratio(user, k.XDPNsPerHit)))
+		ratios[base] = ratio(user, k.XDPNsPerHit)
+		fmt.Fprintf(&sb, "%s process CPU per GET / XDP program time per kernel hit: %s (target >= 20)\n", base, fmtRatio(ratios[base]))
 		fmt.Fprintf(&sb, "%s (process + its NAPI) per GET / kernel case (NAPI thread, XDP included) per GET: %s\n", base,
 			fmtRatio(ratio(user+b.NAPINsPerGet, k.NAPINsPerGet)))
 		fmt.Fprintf(&sb, "%s server core busy per GET / kernel case server core busy per GET: %s\n", base, fmtRatio(ratio(b.CoreNsPerGet, k.CoreNsPerGet)))
 	}
-	return sb.String()
+	return sb.String(), ratios
 }
 
 func nsOrDash(v float64) string {
