@@ -106,6 +106,7 @@ func TestOfferIgnoresUnservable(t *testing.T) {
 		{"sp ace", "v"},
 		{"ctl\x01", "v"},
 		{"big", strings.Repeat("x", 1400)},
+		{"huge", strings.Repeat("x", 1<<20)}, // rejected before it is encoded
 	} {
 		if err := c.Offer(item(it.key, it.value, 0, 1)); err != nil {
 			t.Fatal(err)

@@ -388,6 +388,11 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	if !servableKey(it.Key) {
 		return nil
 	}
+	// Key and value alone over the largest reply: not servable, and not worth encoding (a copy
+	// and a checksum of the whole value) on every UDP hit of a large item.
+	if len(it.Key)+len(it.Value) > c.maxReply {
+		return nil
+	}
 	enc := encode(it.Key, it.Flags, it.Value, it.CAS)
 	class := classFor(enc.chunkLen())
 	if class < 0 || frameLen+len(enc.data)+len(enc.cas)+endLen > c.maxReply {
