@@ -403,21 +403,9 @@ func (c *session) metaSet(data []byte) (int, action) {
 		c.reply("ERROR")
 		return 0, 0
 	}
-	vlen, vlenOK := -1, false
-	if t.N >= 3 {
-		if v, ok := protocol.ParseInt32(t.Tok(2)); ok && v >= 0 && int(v) <= protocol.MaxDataLen {
-			vlen, vlenOK = int(v), true
-		}
-	}
-	// As for the text storage commands, a rejected request's data block is discarded.
-	reject := func(status statusID, msg string) (int, action) {
-		c.status = status
-		c.replyErr(msg)
-		if vlenOK {
-			c.swallow = vlen + 2
-		}
-		return 0, 0
-	}
+	vlen := announcedLen(t, 2)
+	vlenOK := vlen >= 0
+	reject := func(status statusID, msg string) (int, action) { return c.rejectBlock(status, c.replyErr, msg, vlen) }
 	if len(t.Tok(1)) > protocol.MaxKeyLen || ntokens == 3 {
 		return reject(statusClientError, badFormat)
 	}

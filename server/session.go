@@ -101,6 +101,30 @@ func (c *session) replyErr(line string) {
 	c.reply(line)
 }
 
+// announcedLen is the data block length a storage line announces in token i, when it is one
+// memcached would read (0 to MaxDataLen); otherwise -1.
+func announcedLen(t *protocol.Tokens, i int) int {
+	if t.N <= i {
+		return -1
+	}
+	if v, ok := protocol.ParseInt32(t.Tok(i)); ok && v >= 0 && int(v) <= protocol.MaxDataLen {
+		return int(v)
+	}
+	return -1
+}
+
+// rejectBlock answers a rejected storage line through send (reply, or replyErr for the meta
+// protocol) and discards the data block the line announced (vlen >= 0) instead of parsing it as
+// commands, so the connection stays in sync (current memcached does this; 1.6.18 does not).
+func (c *session) rejectBlock(status statusID, send func(string), msg string, vlen int) (int, action) {
+	c.status = status
+	send(msg)
+	if vlen >= 0 {
+		c.swallow = vlen + 2
+	}
+	return 0, 0
+}
+
 // process runs every complete request at the start of in, appending replies to c.out. It returns
 // how many bytes it consumed and what the transport must do next.
 func (c *session) process(in []byte) (int, action) {

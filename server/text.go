@@ -170,22 +170,9 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 	t := &c.tok
 	ntokens := t.N + 1
 	isCAS := cmd == cmdCas
-	// A rejected line still announces its data block; discard it rather than parse it as
-	// commands (current memcached does this; 1.6.18 does not), so the connection stays in sync.
-	vlen, vlenOK := -1, false
-	if t.N >= 5 {
-		if v, ok := protocol.ParseInt32(t.Tok(4)); ok && v >= 0 && int(v) <= protocol.MaxDataLen {
-			vlen, vlenOK = int(v), true
-		}
-	}
-	reject := func(status statusID, msg string) (int, action) {
-		c.status = status
-		c.reply(msg)
-		if vlenOK {
-			c.swallow = vlen + 2
-		}
-		return 0, 0
-	}
+	vlen := announcedLen(t, 4)
+	vlenOK := vlen >= 0
+	reject := func(status statusID, msg string) (int, action) { return c.rejectBlock(status, c.reply, msg, vlen) }
 	if (!isCAS && ntokens != 6 && ntokens != 7) || (isCAS && ntokens != 7 && ntokens != 8) {
 		c.noreply = false
 		return reject(statusError, "ERROR")
