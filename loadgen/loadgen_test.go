@@ -493,7 +493,10 @@ func TestCoordinatedOmission(t *testing.T) {
 		t.Errorf("p90 %.0f µs, max %.0f µs after a 200 ms stall: the stall is not charged to the requests due during it", hit.P90Us, hit.MaxUs)
 	}
 	t.Logf("p50 %.0f µs, p90 %.0f µs, p99 %.0f µs, max %.0f µs", hit.P50Us, hit.P90Us, hit.P99Us, hit.MaxUs)
-	if rep.Timeouts != 0 || rep.Schedule.Unsent > 4 {
+	// A generator that stopped for the stall would leave ~400 requests unsent; one that goes on
+	// may still end a few milliseconds behind on a busy machine (the race detector, other test
+	// binaries), so the bound is a tenth of the stall, not the handful TestPacing allows.
+	if rep.Timeouts != 0 || rep.Schedule.Unsent > 40 {
 		t.Errorf("timeouts %d, unsent %d: the schedule must go on through the stall", rep.Timeouts, rep.Schedule.Unsent)
 	}
 }
