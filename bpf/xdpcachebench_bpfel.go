@@ -68,7 +68,9 @@ type xdpcacheBenchScratch struct {
 	End            uint32
 	OutLen         uint32
 	Gets           uint32
+	Nkeys          uint32
 	Locs           [32]uint32
+	_              [4]byte
 	Key            [32]uint64
 	BenchHeadGrown int32
 	_              [4]byte

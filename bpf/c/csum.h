@@ -18,24 +18,28 @@ static __always_inline __u16 csum_fold(__u64 sum)
 	return (__u16)sum;
 }
 
-/* csum_at is the contribution of a block with folded sum s placed at payload offset off. */
+/* csum_at is the contribution of a block with folded sum s placed at payload offset off. s is
+ * already folded (entries carry sums userspace folded at fill time), so it is not folded again. */
 static __always_inline __u64 csum_at(__u32 s, __u32 off)
 {
-	__u16 f = csum_fold(s);
+	__u16 f = (__u16)s;
 
 	if (off & 1)
 		f = (__u16)((f >> 8) | (f << 8));
 	return f;
 }
 
-/* csum_words sums n 16-bit big-endian words at p (n constant, p within bounds). */
+/* csum_words sums n 32-bit words at p (n constant, p within bounds) and returns the folded sum
+ * as a big-endian 16-bit value. The one's complement sum does not depend on byte order (RFC 1071
+ * 2(B)), so it adds native little-endian words, four bytes per add, and swaps once at the end
+ * rather than once per 16-bit word. */
 static __always_inline __u64 csum_words(const void *p, int n)
 {
-	const __u16 *w = p;
+	const __u32 *w = p;
 	__u64 s = 0;
 
 #pragma unroll
 	for (int i = 0; i < n; i++)
-		s += bpf_ntohs(w[i]);
-	return s;
+		s += w[i];
+	return bpf_ntohs(csum_fold(s));
 }
