@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -256,5 +257,36 @@ func TestLoadPassAndEcho(t *testing.T) {
 	other.DstPort = 53
 	if v, _ := run(t, echo, other.Bytes()); v != xdpPass {
 		t.Fatalf("echo to another port: verdict %d", v)
+	}
+}
+
+// TestTakeFetchedReportsKernelHits: TakeFetched names each key the program served since the last
+// call, once, and nothing for keys it only passed (misses) or did not see.
+func TestTakeFetchedReportsKernelHits(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 16})
+	for _, k := range []string{"a", "b", "c"} {
+		offer(t, c, item(k, "v", 0, 1))
+	}
+	take := func() []string {
+		var got []string
+		c.TakeFetched(func(k string) { got = append(got, k) })
+		slices.Sort(got)
+		return got
+	}
+	if got := take(); len(got) != 0 {
+		t.Fatalf("fetched %v before any request", got)
+	}
+	for _, req := range []string{"get a", "get a", "get b c", "get zz"} {
+		run(t, c.Program(), request(req+"\r\n").Bytes())
+	}
+	if got := take(); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("fetched %v, want [a b c]", got)
+	}
+	if got := take(); len(got) != 0 {
+		t.Fatalf("fetched %v again with no request in between", got)
+	}
+	run(t, c.Program(), request("get b\r\n").Bytes())
+	if got := take(); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("fetched %v, want [b]", got)
 	}
 }

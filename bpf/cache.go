@@ -76,7 +76,10 @@ import (
 	"github.com/xdpcache/xdpcache/server"
 )
 
-var _ server.KernelCache = (*Cache)(nil)
+var (
+	_ server.KernelCache   = (*Cache)(nil)
+	_ server.KernelFetches = (*Cache)(nil)
+)
 
 // Options configure the kernel cache.
 type Options struct {
@@ -173,6 +176,7 @@ type Cache struct {
 	slots         []*kentry // index slot owners
 	ring          []*kentry // CLOCK order
 	hand          int
+	fetchNext     int // where TakeFetched resumes in ring
 	used          int64
 	retiring      []retired
 	flushedBefore uint64
@@ -574,6 +578,40 @@ func (c *Cache) evictOne() {
 		c.hand = (c.hand + 1) % len(c.ring)
 	}
 	c.invalidateRecord(c.ring[c.hand])
+}
+
+// FetchedBatch is how many entries one TakeFetched call examines: all of them for caches of up to
+// this many entries, a rotating part of larger ones (each entry then every few calls).
+const FetchedBatch = 1 << 18
+
+// TakeFetched calls fn with the key of each entry the program has served since the last call
+// that examined it (server.KernelFetches), and clears those marks. Without it the store would see
+// no fetches of a key the kernel answers, and evict the hottest keys first. fn runs after the
+// cache's lock is released, so it may take the store's locks (whose hook calls Invalidate). The
+// ring may change between calls, so an entry can be skipped once or seen twice: the marks, not
+// the walk, carry the information, and a skipped mark is taken on a later call.
+func (c *Cache) TakeFetched(fn func(key string)) {
+	c.mu.Lock()
+	if c.closed || len(c.ring) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	n := min(len(c.ring), FetchedBatch)
+	var keys []string
+	for range n {
+		if c.fetchNext >= len(c.ring) {
+			c.fetchNext = 0
+		}
+		e := c.ring[c.fetchNext]
+		c.fetchNext++
+		if c.index.takeFetched(e.slot, e.loc) {
+			keys = append(keys, e.key)
+		}
+	}
+	c.mu.Unlock()
+	for _, k := range keys {
+		fn(k)
+	}
 }
 
 // invalidateRecord removes e from the index (or flushes everything if that fails) and from the

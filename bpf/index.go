@@ -11,7 +11,7 @@ import (
 )
 
 // index is userspace's view of index_map, mmapped: slot i is the words w[2i] (hash) and w[2i+1]
-// (loc | used<<32 | referenced<<40, little-endian struct index_slot). Each word is written with
+// (loc | used<<32 | referenced<<40 | fetched<<48, little-endian struct index_slot). Each word is written with
 // one atomic store, so the program, which reads each word with one load, never sees a torn
 // word, and a store made before Invalidate returns is visible to every later program run (an
 // atomic store is a full barrier on amd64 and a release store on arm64). See cache_maps.h.
@@ -23,6 +23,7 @@ type index struct {
 const (
 	slotUsed       = 1 << 32
 	slotReferenced = 1 << 40
+	slotFetched    = 1 << 48
 )
 
 func mapIndex(m *ebpf.Map) (*index, error) {
@@ -65,6 +66,22 @@ func (x *index) clearReferenced(i uint32, loc uint32) {
 	if m&slotUsed != 0 && uint32(m) == loc {
 		atomic.CompareAndSwapUint64(&x.w[2*i+1], m, m&^slotReferenced)
 	}
+}
+
+// takeFetched reports whether the program has served slot i's entry at loc since the last
+// takeFetched, and clears the mark. The program sets its bytes with plain stores, so a failed
+// swap (a mark set meanwhile) is tried again.
+func (x *index) takeFetched(i uint32, loc uint32) bool {
+	for range 4 {
+		m := atomic.LoadUint64(&x.w[2*i+1])
+		if m&slotUsed == 0 || uint32(m) != loc || m&slotFetched == 0 {
+			return false
+		}
+		if atomic.CompareAndSwapUint64(&x.w[2*i+1], m, m&^slotFetched) {
+			return true
+		}
+	}
+	return false
 }
 
 func (x *index) close() error {

@@ -92,7 +92,8 @@ type xdpcacheIndexSlot struct {
 	Loc        uint32
 	Used       uint8
 	Referenced uint8
-	Pad        uint16
+	Fetched    uint8
+	Pad        uint8
 }
 
 type xdpcacheScratch struct {

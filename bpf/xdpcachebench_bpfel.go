@@ -56,7 +56,8 @@ type xdpcacheBenchIndexSlot struct {
 	Loc        uint32
 	Used       uint8
 	Referenced uint8
-	Pad        uint16
+	Fetched    uint8
+	Pad        uint8
 }
 
 type xdpcacheBenchScratch struct {

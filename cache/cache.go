@@ -451,6 +451,21 @@ func (s *Store) Get(key string) (Item, bool) {
 	return it, true
 }
 
+// RecordFetch records a fetch of key that was answered elsewhere (the kernel cache): Fetched,
+// LastAccess = now and an LRU bump, as Get does, without copying the item. Nothing happens for a
+// key that is gone; an expired or flushed one is removed (the hook runs).
+func (s *Store) RecordFetch(key string) {
+	sh := s.shardFor(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := s.now()
+	if e := s.live(sh, key, now); e != nil {
+		e.item.Fetched = true
+		e.item.LastAccess = now.Unix()
+		sh.lru.moveToFront(e)
+	}
+}
+
 // Sweep examines up to n items, spread over the shards, and removes the expired and flushed ones
 // (the hook runs for each). It returns how many it removed. Expiry is otherwise lazy; a server may
 // call Sweep periodically to return the memory of items nobody asks for. Each shard is locked

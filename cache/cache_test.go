@@ -640,3 +640,38 @@ func TestOpString(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordFetch: a fetch answered elsewhere (the kernel cache) counts as a fetch for the LRU,
+// the fetched flag and the last access time, like Get; a missing key is ignored and an expired
+// one removed.
+func TestRecordFetch(t *testing.T) {
+	const val = "0123456789"
+	size := itemSize("k0", []byte(val))
+	s, clk, h := newTestStore(t, Config{Shards: 1, MemoryLimit: 3 * size})
+	for _, k := range []string{"k0", "k1", "k2"} {
+		set(t, s, k, val, 0)
+	}
+	h.take()
+	clk.Advance(7 * time.Second)
+	s.RecordFetch("k0") // k0 was the LRU tail; k1 is now
+	s.RecordFetch("absent")
+	set(t, s, "k3", val, 0)
+	h.expectChanged(t, "k1", "k3")
+	it, ok := s.Get("k0")
+	if !ok {
+		t.Fatal("k0 was evicted although its fetch was recorded after k1 and k2 were stored")
+	}
+	if !it.Fetched || it.LastAccess != clk.Now().Unix() {
+		t.Fatalf("k0 after RecordFetch: fetched %v, last access %d, want true, %d", it.Fetched, it.LastAccess, clk.Now().Unix())
+	}
+	if st := s.Stats(); st.EvictedUnfetched != 1 || st.CurrItems != 3 {
+		t.Fatalf("stats %+v: want one unfetched eviction (k1), 3 items", st)
+	}
+
+	set(t, s, "short", val, clk.Now().Unix()+1)
+	h.take()
+	clk.Advance(2 * time.Second)
+	s.RecordFetch("short")
+	h.expectChanged(t, "short")
+	mustMiss(t, s, "short")
+}

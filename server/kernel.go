@@ -46,3 +46,13 @@ type KernelCache interface {
 	// Stats reads the kernel counters.
 	Stats() (KernelStats, error)
 }
+
+// KernelFetches is implemented by kernel caches that can say which items they served. Maintain
+// records those fetches in the store (LRU position, fetched flag, last access), so that an item
+// only the kernel answers does not look cold to the store's eviction: otherwise the hottest
+// keys would be evicted first, and their kernel copies with them.
+type KernelFetches interface {
+	// TakeFetched calls fn with the key of each item served since the last call, at most once
+	// per item per call.
+	TakeFetched(fn func(key string))
+}

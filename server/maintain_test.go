@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -46,5 +47,70 @@ func TestMaintainReclaimsExpiredItems(t *testing.T) {
 	}
 	if _, ok := st.Get("live"); !ok {
 		t.Fatal("maintenance removed a live item")
+	}
+}
+
+// fetchingKernel is a fakeKernel that also reports the keys it served (KernelFetches).
+type fetchingKernel struct {
+	*fakeKernel
+	served []string
+}
+
+func (k *fetchingKernel) TakeFetched(fn func(key string)) {
+	k.mu.Lock()
+	served := k.served
+	k.served = nil
+	k.mu.Unlock()
+	for _, key := range served {
+		fn(key)
+	}
+}
+
+// TestMaintainRecordsKernelFetches: an item only the kernel answers is bumped in the store's LRU
+// by the maintenance pass, so eviction takes the items nobody asked for instead.
+func TestMaintainRecordsKernelFetches(t *testing.T) {
+	k := &fetchingKernel{fakeKernel: newFakeKernel()}
+	s, err := New(Config{Kernel: k, MemoryLimit: 1 << 20}) // one shard: the limit holds one max-size item
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.Store()
+	val := make([]byte, 100<<10)
+	put := func(key string) {
+		t.Helper()
+		if _, err := st.Do(key, func(*cache.Item) (*cache.Item, cache.Op) {
+			return &cache.Item{Value: val}, cache.Replace
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("hot")
+	for i := range 5 {
+		put(fmt.Sprintf("cold%d", i))
+	}
+	k.served = []string{"hot"}
+	s.maintainOnce()
+	if k.served != nil {
+		t.Fatal("maintenance did not take the kernel's fetches")
+	}
+	for i := range 10 { // twice what fits: without the bump, "hot" (the oldest) goes first
+		put(fmt.Sprintf("new%d", i))
+		if i == 2 {
+			k.served = []string{"hot"}
+			s.maintainOnce()
+		}
+	}
+	if st.Stats().Evictions == 0 {
+		t.Fatal("the store never filled; the test proves nothing")
+	}
+	it, ok := st.Get("hot")
+	if !ok {
+		t.Fatal("the item the kernel kept serving was evicted")
+	}
+	if !it.Fetched {
+		t.Fatal("the kernel's fetch did not mark the item fetched")
+	}
+	if _, ok := st.Get("cold0"); ok {
+		t.Fatal("cold0, never fetched, outlived the eviction of newer items")
 	}
 }

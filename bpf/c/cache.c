@@ -310,8 +310,12 @@ static __always_inline int find_key(struct scratch *st, __u32 i, int scanned)
 	err = check_entry(st, e, n);
 	if (err < 0)
 		return err;
-	if (!s->referenced)
+	/* Both marks in one test: a hot key's slot is written once per userspace sweep, not on
+	 * every hit. */
+	if (!s->referenced || !s->fetched) {
 		s->referenced = 1;
+		s->fetched = 1;
+	}
 	st->locs[i & (MAX_KEYS - 1)] = loc;
 	return scanned & SCAN_CRLF ? 1 : 0;
 }

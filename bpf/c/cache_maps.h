@@ -96,7 +96,8 @@ struct index_slot {
 	__u32 loc;        /* arena byte offset of the entry: page << 16 | offset in page */
 	__u8 used;        /* 1: the slot holds a key */
 	__u8 referenced;  /* set by the program on a hit: the CLOCK bit userspace reads and clears */
-	__u16 pad;
+	__u8 fetched;     /* set by the program on a hit: userspace records the fetch in its store */
+	__u8 pad;
 };
 
 /* index_map: key (hash & mask) or (hash >> 32 & mask), value the slot. Size set from Go. */
