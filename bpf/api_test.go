@@ -204,12 +204,18 @@ func TestAttach(t *testing.T) {
 		if _, err := c.Attach("no-such-if0", ModeAuto); !errors.Is(err, ErrNoInterface) {
 			return fmt.Errorf("missing interface: err %v, want ErrNoInterface", err)
 		}
+		if got := attachedMetric(t, c); got != "iface= mode= 0" {
+			return fmt.Errorf("before attach: xdpcache_kernel_attached %s", got)
+		}
 		m, err := c.Attach("lo", ModeGeneric)
 		if err != nil {
 			return fmt.Errorf("attach generic to lo: %w", err)
 		}
 		if m != ModeGeneric {
 			return fmt.Errorf("mode %q", m)
+		}
+		if got := attachedMetric(t, c); got != "iface=lo mode=generic 1" {
+			return fmt.Errorf("attached: xdpcache_kernel_attached %s", got)
 		}
 		if _, err := c.Attach("lo", ModeGeneric); !errors.Is(err, ErrAttached) {
 			return fmt.Errorf("second attach: err %v, want ErrAttached", err)
@@ -220,6 +226,9 @@ func TestAttach(t *testing.T) {
 		}
 		if err := c.Close(); err != nil {
 			return err
+		}
+		if iface, mode := c.Attached(); iface != "" || mode != "" {
+			return fmt.Errorf("closed cache reports attached to %q in %q", iface, mode)
 		}
 		// Closing detached it: the other cache can attach now.
 		if _, err := other.Attach("lo", ModeGeneric); err != nil {
@@ -289,4 +298,33 @@ func TestTakeFetchedReportsKernelHits(t *testing.T) {
 	if got := take(); !slices.Equal(got, []string{"b"}) {
 		t.Fatalf("fetched %v, want [b]", got)
 	}
+}
+
+// attachedMetric renders the collector's xdpcache_kernel_attached sample as "iface=I mode=M V".
+func attachedMetric(t *testing.T, c *Cache) string {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "xdpcache_kernel_attached" {
+			continue
+		}
+		if len(mf.GetMetric()) != 1 {
+			t.Fatalf("%d xdpcache_kernel_attached samples, want 1", len(mf.GetMetric()))
+		}
+		m := mf.GetMetric()[0]
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		return fmt.Sprintf("iface=%s mode=%s %g", labels["iface"], labels["mode"], m.GetGauge().GetValue())
+	}
+	t.Fatal("no xdpcache_kernel_attached family")
+	return ""
 }

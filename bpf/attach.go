@@ -57,7 +57,18 @@ func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
 		return "", err
 	}
 	c.link = l
+	c.attachedTo, c.attachedMode = iface, m
 	return m, nil
+}
+
+// Attached returns the interface and mode the program is attached to, or empty strings.
+func (c *Cache) Attached() (iface string, mode Mode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.link == nil || c.closed {
+		return "", ""
+	}
+	return c.attachedTo, c.attachedMode
 }
 
 // interfaceSubnets lists the prefixes of iface's addresses, as seen from the calling thread's

@@ -183,6 +183,8 @@ type Cache struct {
 	allowed       int    // prefixes in the allow-list
 	allowGen      uint32 // allow_gen in the program's .bss
 	link          link.Link
+	attachedTo    string // interface of link
+	attachedMode  Mode   // mode of link
 	statsCloser   io.Closer
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }

@@ -91,6 +91,11 @@ var (
 		"Keys in the kernel cache.", nil, nil)
 	descCacheBytes = prometheus.NewDesc("xdpcache_kernel_cache_bytes",
 		"Bytes charged to the kernel cache budget.", nil, nil)
+	// DescAttached is exported so that a server whose kernel path failed to start can report
+	// the same family as 0.
+	DescAttached = prometheus.NewDesc("xdpcache_kernel_attached",
+		"1 while the XDP program is attached to iface in mode (native or generic), else 0.",
+		[]string{"iface", "mode"}, nil)
 )
 
 // collector reads the maps and the program's kernel stats at scrape time (ebpf_exporter style).
@@ -100,12 +105,17 @@ type collector struct{ c *Cache }
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, DescAttached} {
 		ch <- d
 	}
 }
 
 func (k collector) Collect(ch chan<- prometheus.Metric) {
+	if iface, mode := k.c.Attached(); iface != "" {
+		ch <- prometheus.MustNewConstMetric(DescAttached, prometheus.GaugeValue, 1, iface, string(mode))
+	} else {
+		ch <- prometheus.MustNewConstMetric(DescAttached, prometheus.GaugeValue, 0, "", "")
+	}
 	counts, err := k.c.counters()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(descHits, err)
