@@ -14,9 +14,10 @@ import (
 )
 
 type echoBenchBenchPkt struct {
-	_    structs.HostLayout
-	Len  uint32
-	Data [512]uint8
+	_       structs.HostLayout
+	Len     uint32
+	Verdict uint32
+	Data    [512]uint8
 }
 
 type echoBenchCounterSet struct {

@@ -105,7 +105,7 @@ type xdpcacheScratch struct {
 	End            uint32
 	OutLen         uint32
 	Gets           uint32
-	Nkeys          uint32
+	Launder        uint32
 	Locs           [32]uint32
 	_              [4]byte
 	Key            [32]uint64

@@ -32,9 +32,10 @@ type xdpcacheBenchArenaPage struct {
 }
 
 type xdpcacheBenchBenchPkt struct {
-	_    structs.HostLayout
-	Len  uint32
-	Data [512]uint8
+	_       structs.HostLayout
+	Len     uint32
+	Verdict uint32
+	Data    [512]uint8
 }
 
 type xdpcacheBenchCounterSet struct {
@@ -69,7 +70,7 @@ type xdpcacheBenchScratch struct {
 	End            uint32
 	OutLen         uint32
 	Gets           uint32
-	Nkeys          uint32
+	Launder        uint32
 	Locs           [32]uint32
 	_              [4]byte
 	Key            [32]uint64

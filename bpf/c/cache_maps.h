@@ -166,7 +166,7 @@ struct scratch {
 	__u32 end;     /* packet offset where the command ends */
 	__u32 out_len; /* reply bytes after the frame header so far */
 	__u32 gets;    /* 1 for gets: insert the CAS unique */
-	__u32 nkeys;   /* keys in the request, once all are found */
+	__u32 launder; /* see launder() in cache.c */
 	__u32 locs[MAX_KEYS];    /* arena offset of each key's entry, found in the first pass */
 	__u64 key[KEY_WORDS];    /* the key just scanned, as little-endian words, zero-padded */
 	__s32 bench_head_grown;  /* benchmark builds only: bytes the reply grew at the head */
