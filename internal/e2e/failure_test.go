@@ -195,13 +195,16 @@ func TestServeMemoryBound(t *testing.T) {
 	// Meanwhile, more distinct keys through the kernel path than the kernel cache holds.
 	g := r.udpGetter(t, 300*time.Millisecond)
 	tc := r.dialText(t)
-	for i := 0; i < 2*kernelEntries; i++ {
-		k := fmt.Sprintf("hot:%d", i)
-		if _, err := tc.line(fmt.Sprintf("set %s 0 0 2 noreply\r\nhi\r\nmn\r\n", k)); err != nil {
-			t.Fatal(err)
+	fillKernel := func(prefix string) {
+		for i := 0; i < 2*kernelEntries; i++ {
+			k := fmt.Sprintf("%s:%d", prefix, i)
+			if _, err := tc.line(fmt.Sprintf("set %s 0 0 2 noreply\r\nhi\r\nmn\r\n", k)); err != nil {
+				t.Fatal(err)
+			}
+			g.do("get " + k + "\r\n") // fills; losses do not matter here
 		}
-		g.do("get " + k + "\r\n") // fills; losses do not matter here
 	}
+	fillKernel("hot")
 	var peak int64
 	done := 0
 	for done < conns {
@@ -229,7 +232,11 @@ func TestServeMemoryBound(t *testing.T) {
 	if b := tc.stat(t, "bytes"); b > 64<<20 {
 		t.Errorf("item bytes %d over -m 64", b)
 	}
+	// The flood evicts the hot keys from the store (and so from the kernel) as fast as they
+	// come, by a share that depends on timing; filled again once it is over, the kernel cache
+	// must be in use up to its limit, and no further.
+	fillKernel("after")
 	if e := r.metric(t, "xdpcache_kernel_cache_entries"); e > kernelEntries || e < kernelEntries/2 {
-		t.Errorf("kernel cache entries %v, want at most %d and the cache in use", e, kernelEntries)
+		t.Errorf("kernel cache entries %v after the flood, want at most %d and the cache in use", e, kernelEntries)
 	}
 }
