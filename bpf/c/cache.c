@@ -462,25 +462,6 @@ static __always_inline int read_headers(struct xdp_md *ctx, __u64 *hdr, __u32 n)
 	return 0;
 }
 
-/* write_headers puts what read_headers saved at the packet's front. The rounding's extra bytes
- * land where the reply starts, which emit_key writes afterwards. */
-static __always_inline int write_headers(struct xdp_md *ctx, const __u64 *hdr, __u32 n)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-
-	for (__u32 w = 0; w < HDR_MAX / 8; w++) {
-		__u64 *p = data + w * 8;
-
-		if (w * 8 >= n)
-			break;
-		if ((void *)(p + 1) > data_end)
-			return -1;
-		*p = hdr[w];
-	}
-	return 0;
-}
-
 /* pass counts the reason and lets the packet up the stack untouched. */
 static __always_inline int pass(__u32 reason)
 {
@@ -488,60 +469,124 @@ static __always_inline int pass(__u32 reason)
 	return XDP_PASS;
 }
 
-/* finish_headers turns the request's headers into the reply's: swapped addresses, new lengths,
- * the reply mark, and both checksums. It checks every bound before it writes anything. */
-static __always_inline int finish_headers(struct xdp_md *ctx, const struct l4_info *l4,
-					  __u32 payload_len, __u64 payload_csum)
+/* swap_macs returns the Ethernet addresses held in a (bytes 0-7) and b (bytes 8-11, as loaded
+ * little-endian) with source and destination exchanged, in the same two words. */
+static __always_inline void swap_macs(__u64 *a, __u32 *b)
+{
+	__u64 x = *a;
+	__u32 y = *b;
+
+	*a = (x >> 48) | ((__u64)y << 16) | (x << 48);
+	*b = (__u32)(x >> 16);
+}
+
+/* build_headers writes the reply's headers at the packet's front from the request's headers at
+ * offset src (0: in place; the head growth when the reply grew at the head, where the request's
+ * headers still are): swapped addresses, new lengths, the reply mark, both checksums and the
+ * frame header. Every header word is loaded before any is stored, so the two ranges may overlap,
+ * and no load reads bytes just stored in another width (which stalls on store forwarding). The
+ * sums add the words as loaded (little-endian) and store the result the same way, which gives
+ * the right bytes (RFC 1071 2(B)). All bounds are checked before the first store. */
+static __always_inline int build_headers(struct xdp_md *ctx, const struct l4_info *l4, __u32 src,
+					 __u32 payload_len, __u64 payload_csum)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct udphdr *udp = data + (l4->l4_off & 0xff);
-	__u64 sum = payload_csum;
-	__u32 ulen = payload_len + sizeof(struct udphdr);
+	__u32 l3 = l4->l3_off, l4o = l4->l4_off, ulen = payload_len + sizeof(struct udphdr);
 	__u8 dscp = cfg_reply_dscp;
+	__u64 so = src, mac0, frame, le;
+	__u8 *s, *d = data;
+	__u32 mac1, ports, x, sum_be, ip[10];
+	__u16 vlan_or_type, c;
+	__u32 vlan_tail = 0;
 
-	/* The UDP header comes after the Ethernet and IP headers: all are in bounds. */
-	if ((void *)(udp + 1) > data_end || l4->l3_off >= l4->l4_off)
+	if ((l3 != 14 && l3 != 18) || (l4o != l3 + 20 && l4o != l3 + 40) ||
+	    (l4->ipv6 != 0) != (l4o == l3 + 40) || !in_range(so, 0, HEAD_GROW_MAX))
 		return -1;
-	if (swap_addrs(ctx, l4))
-		return -1;
-	udp->len = bpf_htons(ulen);
-	udp->check = 0;
+	s = data + so;
+	/* Ethernet (and VLAN), IP, UDP and the frame header, at the source and at the front. */
+	__u8 *sl3 = s + (l3 & 0x1f), *dl3 = d + (l3 & 0x1f);
+	__u8 *sl4 = s + (l4o & 0x3f), *dl4 = d + (l4o & 0x3f);
 
+	if ((void *)(s + 18) > data_end || (void *)(d + 18) > data_end ||
+	    (void *)(sl4 + 16) > data_end || (void *)(dl4 + 16) > data_end ||
+	    (void *)(sl3 + 20) > data_end || (void *)(dl3 + 20) > data_end)
+		return -1;
+	mac0 = *(__u64 *)s;
+	mac1 = *(__u32 *)(s + 8);
+	vlan_or_type = *(__u16 *)(s + 12);
+	if (l3 == 18)
+		vlan_tail = *(__u32 *)(s + 14);
+	ports = *(__u32 *)sl4;
+	frame = *(__u64 *)(sl4 + 8);
+	/* Pseudo-header protocol and length, and the UDP length word (checksum zero). */
+	le = (__u64)ports + bpf_htons(ulen) + bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
 	if (l4->ipv6) {
-		struct ipv6hdr *ip6 = data + (l4->l3_off & 0xff);
-
-		if ((void *)(ip6 + 1) > data_end)
+		if ((void *)(sl3 + 40) > data_end || (void *)(dl3 + 40) > data_end)
 			return -1;
-		ip6->payload_len = bpf_htons(ulen);
-		ip6->hop_limit = 64;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			ip[i] = *(__u32 *)(sl3 + 4 * i);
+#pragma unroll
+		for (int i = 2; i < 10; i++)
+			le += ip[i];
 		if (dscp) {
-			__u8 tc = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+			/* Traffic class: the low 4 bits of byte 0 and the high 4 of byte 1. */
+			__u8 b0 = ip[0], b1 = ip[0] >> 8, tc = (b0 << 4) | (b1 >> 4);
 
 			tc = (dscp << 2) | (tc & 3);
-			ip6->priority = tc >> 4;
-			ip6->flow_lbl[0] = (tc << 4) | (ip6->flow_lbl[0] & 0x0f);
+			b0 = (b0 & 0xf0) | (tc >> 4);
+			b1 = (tc << 4) | (b1 & 0x0f);
+			ip[0] = (ip[0] & 0xffff0000) | b0 | ((__u32)b1 << 8);
 		}
-		sum += csum_words(&ip6->saddr, 8);
-		sum += IPPROTO_UDP + ulen;
+		/* payload length, next header kept, hop limit 64 */
+		ip[1] = bpf_htons(ulen) | (ip[1] & 0x00ff0000) | (64U << 24);
+		x = ip[2], ip[2] = ip[6], ip[6] = x;
+		x = ip[3], ip[3] = ip[7], ip[7] = x;
+		x = ip[4], ip[4] = ip[8], ip[8] = x;
+		x = ip[5], ip[5] = ip[9], ip[9] = x;
 	} else {
-		struct iphdr *ip = data + (l4->l3_off & 0xff);
+		__u64 ipsum;
+		__u8 tos;
 
-		if ((void *)(ip + 1) > data_end)
-			return -1;
-		ip->tot_len = bpf_htons(ulen + sizeof(*ip));
-		ip->ttl = 64;
+#pragma unroll
+		for (int i = 0; i < 5; i++)
+			ip[i] = *(__u32 *)(sl3 + 4 * i);
+		le += (__u64)ip[3] + ip[4];
+		tos = ip[0] >> 8;
 		if (dscp)
-			ip->tos = (dscp << 2) | (ip->tos & 3);
+			tos = (dscp << 2) | (tos & 3);
+		/* version/IHL kept, TOS, total length; TTL 64, protocol kept, checksum zero for now */
+		ip[0] = (ip[0] & 0xff) | ((__u32)tos << 8) | ((__u32)bpf_htons(ulen + 20) << 16);
+		ip[2] = (ip[2] & 0xff00) | 64;
 		/* Recomputed, not updated: a request with a wrong header sum gets a right one. */
-		ip->check = 0;
-		ip->check = bpf_htons(~csum_words(ip, 5) & 0xffff);
-		sum += csum_words(&ip->saddr, 2);
-		sum += IPPROTO_UDP + ulen;
+		ipsum = (__u64)ip[0] + ip[1] + ip[2] + ip[3] + ip[4];
+		ip[2] |= (__u32)(__u16)~csum_fold(ipsum) << 16;
+		x = ip[3], ip[3] = ip[4], ip[4] = x;
 	}
-	sum += csum_words(udp, 2); /* ports and length; the checksum field is zero */
-	__u16 c = ~csum_fold(sum) & 0xffff;
-	udp->check = bpf_htons(c ? c : 0xffff);
+	sum_be = bpf_ntohs(csum_fold(le));
+	c = ~csum_fold(sum_be + payload_csum) & 0xffff;
+	if (!c)
+		c = 0xffff;
+
+	swap_macs(&mac0, &mac1);
+	*(__u64 *)d = mac0;
+	*(__u32 *)(d + 8) = mac1;
+	*(__u16 *)(d + 12) = vlan_or_type;
+	if (l3 == 18)
+		*(__u32 *)(d + 14) = vlan_tail;
+	if (l4->ipv6) {
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			*(__u32 *)(dl3 + 4 * i) = ip[i];
+	} else {
+#pragma unroll
+		for (int i = 0; i < 5; i++)
+			*(__u32 *)(dl3 + 4 * i) = ip[i];
+	}
+	*(__u32 *)dl4 = (ports >> 16) | (ports << 16);
+	*(__u32 *)(dl4 + 4) = bpf_htons(ulen) | ((__u32)bpf_htons(c) << 16);
+	*(__u64 *)(dl4 + 8) = frame;
 	return 0;
 }
 
@@ -759,7 +804,8 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	if (delta > 0 && delta <= HEAD_GROW_MAX && cmd_off <= HDR_MAX && cmd_off >= 14 &&
 	    !read_headers(ctx, hdr, cmd_off) && !bpf_xdp_adjust_head(ctx, -delta)) {
 		head_grown = delta;
-		if (write_headers(ctx, hdr, cmd_off))
+		/* Before the entries: they land where the request's headers still are. */
+		if (build_headers(ctx, &l4, delta, total, st->csum))
 			goto fail;
 	} else if (bpf_xdp_adjust_tail(ctx, delta)) {
 		return pass(PASS_TOO_BIG);
@@ -784,7 +830,9 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 			pos += ret;
 		}
 	}
-	if (finish_headers(ctx, &l4, total, st->csum))
+	/* In place, after the entries, which do not touch the headers: a failed emit leaves them
+	 * as they came. */
+	if (!head_grown && build_headers(ctx, &l4, 0, total, st->csum))
 		goto fail; /* unreachable: the headers were in bounds before the resize */
 
 	cs = counter_set();
