@@ -28,18 +28,3 @@ static __always_inline __u64 csum_at(__u32 s, __u32 off)
 		f = (__u16)((f >> 8) | (f << 8));
 	return f;
 }
-
-/* csum_words sums n 32-bit words at p (n constant, p within bounds) and returns the folded sum
- * as a big-endian 16-bit value. The one's complement sum does not depend on byte order (RFC 1071
- * 2(B)), so it adds native little-endian words, four bytes per add, and swaps once at the end
- * rather than once per 16-bit word. */
-static __always_inline __u64 csum_words(const void *p, int n)
-{
-	const __u32 *w = p;
-	__u64 s = 0;
-
-#pragma unroll
-	for (int i = 0; i < n; i++)
-		s += w[i];
-	return bpf_ntohs(csum_fold(s));
-}
