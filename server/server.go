@@ -34,6 +34,10 @@ const (
 	DefaultMaxItemSize = 1 << 20
 )
 
+// DefaultUpstreamUDPReaders is UDPReaders in upstream mode: how many UDP misses may wait for
+// memcached at once before a UDP hit waits behind them.
+const DefaultUpstreamUDPReaders = 16
+
 // maxGetLine bounds a get/gets line (a multi-key get may be long, but not unbounded): 2 MiB holds
 // some 8000 keys of the maximum length.
 const maxGetLine = 2 << 20
@@ -57,6 +61,11 @@ type Config struct {
 	Registry prometheus.Registerer
 	// Version is ours, sent after the memcached protocol version in `version`.
 	Version string
+
+	// UDPReaders is how many goroutines read and answer each UDP socket, as memcached's worker
+	// threads share its UDP socket. 0 picks 1, or DefaultUpstreamUDPReaders in upstream mode,
+	// where a UDP miss waits for memcached in the goroutine that read it.
+	UDPReaders int
 
 	// Upstream mode (upstream.go): front these memcached servers, "host:port" each; empty means
 	// none, the server is the cache of record.
@@ -143,6 +152,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("check config: negative connection limit %d", cfg.ConnLimit)
 	case cfg.MaxDatagram <= protocol.FrameHeaderLen || cfg.MaxDatagram > 65507:
 		return nil, fmt.Errorf("check config: datagram size %d out of range", cfg.MaxDatagram)
+	case cfg.UDPReaders < 0 || cfg.UDPReaders > 1024:
+		return nil, fmt.Errorf("check config: %d UDP readers, want 0 (auto) to 1024", cfg.UDPReaders)
+	}
+	if cfg.UDPReaders == 0 {
+		cfg.UDPReaders = 1
+		if len(cfg.Upstreams) > 0 {
+			cfg.UDPReaders = DefaultUpstreamUDPReaders
+		}
 	}
 	g, err := newGuard(cfg)
 	if err != nil {

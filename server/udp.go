@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -58,9 +60,9 @@ func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
 	return dst
 }
 
-// ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams.
-// Datagrams the UDP guard refuses (source not allowed, over its rate, reply over the amplification
-// cap; see Config) get no reply and are counted in Refused.
+// ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams in
+// Config.UDPReaders goroutines. Datagrams the UDP guard refuses (source not allowed, over its
+// rate, reply over the amplification cap; see Config) get no reply and are counted in Refused.
 // It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error, and
 // closes conn when it returns, whichever way.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
@@ -76,6 +78,29 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 		s.wg.Done()
 	}()
 	pc := ipv4.NewPacketConn(conn)
+	allow := s.guard.allowFor(conn)
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for range s.cfg.UDPReaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.readUDP(pc, allow); err != nil {
+				// The socket failed: close it so that the other readers return too.
+				once.Do(func() { first = err; _ = conn.Close() })
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// readUDP is one of ServeUDP's readers: it reads a batch, answers it and writes the replies,
+// until the socket closes. It returns nil after Shutdown or when the socket is closed.
+func (s *Server) readUDP(pc *ipv4.PacketConn, allow []netip.Prefix) error {
 	in := make([]ipv4.Message, udpBatch)
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, maxUDPRequest)}
@@ -84,7 +109,6 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	var replies [][]byte
 	c := s.getSession(true)
 	defer s.putSession(c)
-	allow := s.guard.allowFor(conn)
 	for {
 		n, err := pc.ReadBatch(in, 0)
 		if err != nil {

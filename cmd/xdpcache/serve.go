@@ -29,6 +29,7 @@ func init() { rootCmd.AddCommand(newServeCmd()) }
 
 type serveFlags struct {
 	port, udpPort    int
+	udpReaders       int
 	listen           string
 	memoryMiB        int64
 	connLimit        int
@@ -74,6 +75,7 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl := cmd.Flags()
 	fl.IntVarP(&f.port, "port", "p", 11211, "TCP port (0: no TCP)")
 	fl.IntVarP(&f.udpPort, "udp-port", "U", 11211, "UDP port (0: no UDP, and no kernel path)")
+	fl.IntVar(&f.udpReaders, "udp-readers", 0, "goroutines answering the UDP socket (0: 1, or 16 with --upstream, where a UDP miss waits for memcached)")
 	fl.StringVarP(&f.listen, "listen", "l", "127.0.0.1", "address to listen on")
 	fl.Int64VarP(&f.memoryMiB, "memory-limit", "m", 64, "item memory in MiB; least recently used items are evicted beyond it")
 	fl.IntVarP(&f.connLimit, "conn-limit", "c", 1024, "maximum simultaneous TCP connections")
@@ -154,6 +156,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 		Registry:    reg,
 		Version:     "xdpcache-" + version,
 
+		UDPReaders:          f.udpReaders,
 		Upstreams:           f.upstreams,
 		KernelMaxAge:        f.kernelMaxAge,
 		UpstreamDialTimeout: f.upstreamDial,
