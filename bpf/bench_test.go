@@ -193,3 +193,57 @@ func BenchmarkCacheCold(b *testing.B) {
 		b.ReportMetric(float64(st.Runtime-before[i].Runtime)/float64(runs), p.name+"-cold-ns/run")
 	}
 }
+
+// BenchmarkOffer measures what the server pays per UDP hit it answers itself and offers to the
+// kernel cache, for the offers that end in nothing: a one-off key the frequency policy refuses,
+// and a key whose current version the kernel already holds (both decided before the value is
+// encoded), against an offer that installs.
+func BenchmarkOffer(b *testing.B) {
+	value := strings.Repeat("v", 512)
+	b.Run("refused", func(b *testing.B) {
+		// Each key comes back after 128 K offers, by when its sketch counters have been halved
+		// to nothing (the window is 10 x 1024 offers): every offer is of a key seen once.
+		c := newTestCache(b, Options{MaxEntries: 1024, Admission: AdmitFrequency})
+		keys := make([]string, 1<<17)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("oneoff:%d", i)
+		}
+		it := item("", value, 0, 0)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			it.Key, it.CAS = keys[i%len(keys)], uint64(i+1)
+			if err := c.Offer(it); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		if n, _ := c.Len(); n > b.N/4+1 { // the sketch admits a few by collision
+			b.Fatalf("%d of %d one-off offers installed: the benchmark did not measure refusals", n, b.N)
+		}
+	})
+	b.Run("current", func(b *testing.B) {
+		c := newTestCache(b, Options{MaxEntries: 1 << 16, Admission: AdmitAlways})
+		it := item("hot", value, 0, 1)
+		offer(b, c, it)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if err := c.Offer(it); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("install", func(b *testing.B) {
+		c := newTestCache(b, Options{MaxEntries: 1 << 16, Admission: AdmitAlways})
+		it := item("k", value, 0, 0)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			it.CAS = uint64(i + 1)
+			if err := c.Offer(it); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

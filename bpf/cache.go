@@ -399,6 +399,13 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	if len(it.Key)+len(it.Value) > c.maxReply {
 		return nil
 	}
+	hash := keyHash(it.Key)
+	// Most offers of a busy server are refused (already current, or not admitted): decide that
+	// before encoding, which copies and sums the whole value. The admission decision is made
+	// once, here; what changed while encoding is checked again below.
+	if admitted, err := c.wantOffer(it, hash); !admitted || err != nil {
+		return err
+	}
 	enc := encode(it.Key, it.Flags, it.Value, it.CAS)
 	class := classFor(enc.chunkLen())
 	if class < 0 || frameLen+len(enc.data)+len(enc.cas)+endLen > c.maxReply {
@@ -412,7 +419,6 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		}
 		expires = monoAt(it.Expires.Add(-expiryMargin), wall, mono)
 	}
-	hash := keyHash(it.Key)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -425,17 +431,11 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	}
 	old := c.entries[it.Key]
 	if old != nil {
-		if old.cas == it.CAS && old.flags == it.Flags && old.size == len(it.Value) &&
-			old.expires.Equal(it.Expires) && old.filled >= c.flushedBefore {
-			return nil // already current
+		if current(old, it, c.flushedBefore) {
+			return nil // installed meanwhile
 		}
-	} else {
-		if c.byHash[hash] != nil {
-			return nil // another key holds this hash; keep it
-		}
-		if !c.policy.admit(hash) {
-			return nil
-		}
+	} else if c.byHash[hash] != nil {
+		return nil // another key holds this hash; keep it
 	}
 	cost := int64(chunkSizes[class] + overheadBytes)
 	if old != nil {
@@ -580,6 +580,31 @@ func (c *Cache) evictOne() {
 		c.hand = (c.hand + 1) % len(c.ring)
 	}
 	c.invalidateRecord(c.ring[c.hand])
+}
+
+// wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
+// already holds this version, when another key holds its hash, or when the admission policy
+// refuses a new key.
+func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false, ErrClosed
+	}
+	if old := c.entries[it.Key]; old != nil {
+		return !current(old, it, c.flushedBefore), nil
+	}
+	if c.byHash[hash] != nil {
+		return false, nil
+	}
+	return c.policy.admit(hash), nil
+}
+
+// current reports whether e holds the version of it: same CAS, flags, size and expiry, filled
+// after the last flush.
+func current(e *kentry, it server.KernelItem, flushedBefore uint64) bool {
+	return e.cas == it.CAS && e.flags == it.Flags && e.size == len(it.Value) &&
+		e.expires.Equal(it.Expires) && e.filled >= flushedBefore
 }
 
 // FetchedBatch is how many entries one TakeFetched call examines: all of them for caches of up to
