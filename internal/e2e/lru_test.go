@@ -1,0 +1,54 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestServeKernelHitsKeepHotKeysInStore runs serve -m 4 and keeps a key hot through the kernel
+// path only, while 100 KB sets push 2.5 x the memory limit through the store. The serve process's
+// maintenance pass records the kernel's fetches in the store once a second, so the hot key stays
+// at the front of the store's LRU and survives; a key written at the same time and never read is
+// evicted, which shows the pressure was there.
+func TestServeKernelHitsKeepHotKeysInStore(t *testing.T) {
+	r := newBareRig(t)
+	r.startServe(t, "-m", "4")
+	tc := r.dialText(t)
+	g := r.udpGetter(t, 300*time.Millisecond)
+	for _, k := range []string{"hot", "cold"} {
+		if got, err := tc.line(fmt.Sprintf("set %s 0 0 5\r\nvalue\r\n", k)); err != nil || got != "STORED" {
+			t.Fatalf("set %s: %q %v", k, got, err)
+		}
+	}
+	// The first UDP get is a userspace hit, which fills the kernel cache.
+	if got, _, err := g.do("get hot\r\n"); err != nil || got != "VALUE hot 0 5\r\nvalue\r\nEND\r\n" {
+		t.Fatalf("first udp get: %q %v", got, err)
+	}
+	filler := strings.Repeat("f", 100<<10)
+	kernelHits := 0
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		// ~2 MiB per second: the store turns over in ~2 s, twice the maintenance interval.
+		if got, err := tc.line(fmt.Sprintf("set fill:%d 0 0 %d\r\n%s\r\n", i, len(filler), filler)); err != nil || got != "STORED" {
+			t.Fatalf("set fill:%d: %q %v", i, got, err)
+		}
+		if got, kernel, err := g.do("get hot\r\n"); err == nil && got == "VALUE hot 0 5\r\nvalue\r\nEND\r\n" && kernel {
+			kernelHits++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ev := tc.stat(t, "evictions"); ev < 40 {
+		t.Fatalf("%d evictions: the store was not under pressure", ev)
+	}
+	if kernelHits < 10 {
+		t.Fatalf("%d kernel hits on the hot key: the kernel path did not answer it", kernelHits)
+	}
+	if got, err := tc.line("get cold\r\n"); err != nil || got != "END" {
+		t.Fatalf("get cold: %q %v, want a miss (evicted)", got, err)
+	}
+	if got, err := tc.line("get hot\r\n"); err != nil || got != "VALUE hot 0 5" {
+		t.Fatalf("get hot: %q %v: the key the kernel kept serving was evicted from the store", got, err)
+	}
+}
