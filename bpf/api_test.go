@@ -328,3 +328,34 @@ func attachedMetric(t *testing.T, c *Cache) string {
 	t.Fatal("no xdpcache_kernel_attached family")
 	return ""
 }
+
+// TestTakeFetchedAcrossChunks: with more entries than one hold of the lock examines, one call
+// still reports every served key once.
+func TestTakeFetchedAcrossChunks(t *testing.T) {
+	const n = 2*fetchedChunk + 100
+	c := newTestCache(t, Options{MaxEntries: 4 * fetchedChunk, MaxBytes: 64 << 20})
+	for i := range n {
+		offer(t, c, item(fmt.Sprintf("k%d", i), "v", 0, 1))
+	}
+	// A few keys find both their index slots taken and are not cached: only served keys count.
+	served := map[string]bool{}
+	for i := range n {
+		k := fmt.Sprintf("k%d", i)
+		if v, _ := run(t, c.Program(), request(keysCommand("get", k)).Bytes()); v == xdpTX {
+			served[k] = true
+		}
+	}
+	if len(served) < n*95/100 {
+		t.Fatalf("only %d of %d keys served", len(served), n)
+	}
+	seen := map[string]int{}
+	c.TakeFetched(func(k string) { seen[k]++ })
+	for k, times := range seen {
+		if times != 1 || !served[k] {
+			t.Fatalf("%s reported %d times (served: %v)", k, times, served[k])
+		}
+	}
+	if len(seen) != len(served) {
+		t.Fatalf("%d keys reported, %d served", len(seen), len(served))
+	}
+}

@@ -618,28 +618,38 @@ const FetchedBatch = 1 << 18
 // ring may change between calls, so an entry can be skipped once or seen twice: the marks, not
 // the walk, carry the information, and a skipped mark is taken on a later call.
 func (c *Cache) TakeFetched(fn func(key string)) {
-	c.mu.Lock()
-	if c.closed || len(c.ring) == 0 {
-		c.mu.Unlock()
-		return
-	}
-	n := min(len(c.ring), FetchedBatch)
 	var keys []string
-	for range n {
-		if c.fetchNext >= len(c.ring) {
-			c.fetchNext = 0
+	for done := 0; done < FetchedBatch; done += fetchedChunk {
+		// A chunk at a time: Invalidate, on every write's path, waits for the lock at most
+		// one chunk's walk (~20 µs), not the whole batch's.
+		c.mu.Lock()
+		if c.closed || len(c.ring) == 0 {
+			c.mu.Unlock()
+			break
 		}
-		e := c.ring[c.fetchNext]
-		c.fetchNext++
-		if c.index.takeFetched(e.slot, e.loc) {
-			keys = append(keys, e.key)
+		n := min(len(c.ring), FetchedBatch) - done
+		for range min(n, fetchedChunk) {
+			if c.fetchNext >= len(c.ring) {
+				c.fetchNext = 0
+			}
+			e := c.ring[c.fetchNext]
+			c.fetchNext++
+			if c.index.takeFetched(e.slot, e.loc) {
+				keys = append(keys, e.key)
+			}
+		}
+		c.mu.Unlock()
+		if n <= fetchedChunk {
+			break
 		}
 	}
-	c.mu.Unlock()
 	for _, k := range keys {
 		fn(k)
 	}
 }
+
+// fetchedChunk is how many entries TakeFetched examines per hold of the cache's lock.
+const fetchedChunk = 4096
 
 // invalidateRecord removes e from the index (or flushes everything if that fails) and from the
 // bookkeeping. It never leaves e servable.
