@@ -18,11 +18,15 @@ const admitThreshold = 2
 // concurrent use: the Cache calls it under its mutex.
 type admission interface {
 	admit(hash uint64) bool
+	// prefer reports whether a new key should displace the eviction victim in a full cache.
+	prefer(candidate, victim uint64) bool
 }
 
 type admitAll struct{}
 
 func (admitAll) admit(uint64) bool { return true }
+
+func (admitAll) prefer(uint64, uint64) bool { return true }
 
 // frequencySketch is a count-min sketch with aging (TinyLFU's doorkeeper idea without the
 // doorkeeper): every offer increments a key's four counters, a key is admitted once its estimate
@@ -65,6 +69,23 @@ func (s *frequencySketch) admit(hash uint64) bool {
 		}
 	}
 	return est >= s.threshold
+}
+
+// estimate is a key's count in the sketch, without counting an offer.
+func (s *frequencySketch) estimate(hash uint64) uint8 {
+	h1, h2 := hash, bits.RotateLeft64(hash, 32)|1
+	est := uint8(255)
+	for i := range s.rows {
+		est = min(est, s.rows[i][(h1+uint64(i)*h2)&s.mask])
+	}
+	return est
+}
+
+// prefer is TinyLFU's comparison: a new key displaces the victim only if it was asked for more
+// often recently. Without it, a key just past the admission threshold evicts whatever the CLOCK
+// hand reaches, however hot.
+func (s *frequencySketch) prefer(candidate, victim uint64) bool {
+	return s.estimate(candidate) > s.estimate(victim)
 }
 
 func newAdmission(name string, entries int) (admission, error) {

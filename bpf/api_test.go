@@ -359,3 +359,57 @@ func TestTakeFetchedAcrossChunks(t *testing.T) {
 		t.Fatalf("%d keys reported, %d served", len(seen), len(served))
 	}
 }
+
+// TestFrequencyAdmissionComparesWithVictim: in a full cache a new key displaces the eviction
+// victim only if it was offered more often (TinyLFU); with "always" it displaces it regardless.
+func TestFrequencyAdmissionComparesWithVictim(t *testing.T) {
+	served := func(c *Cache, key string) bool {
+		v, _ := run(t, c.Program(), request(keysCommand("get", key)).Bytes())
+		return v == xdpTX
+	}
+	for _, tc := range []struct {
+		policy  string
+		offers  int  // offers of the newcomer
+		install bool // whether it gets in
+	}{
+		{AdmitFrequency, 2, false}, // admitted by the threshold, but the residents were offered 5 times
+		{AdmitFrequency, 8, true},
+		{AdmitAlways, 1, true},
+	} {
+		c := newTestCache(t, Options{MaxEntries: 4, Admission: tc.policy})
+		for i := range 4 {
+			for range 5 {
+				if err := c.Offer(item(fmt.Sprintf("resident%d", i), "v", 0, 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if n, _ := c.Len(); n != 4 {
+			t.Fatalf("%s: %d residents, want 4", tc.policy, n)
+		}
+		for range tc.offers {
+			if err := c.Offer(item("newcomer", "v", 0, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := served(c, "newcomer"); got != tc.install {
+			t.Errorf("%s, newcomer offered %d times: served %v, want %v", tc.policy, tc.offers, got, tc.install)
+		}
+		residents := 0
+		for i := range 4 {
+			if served(c, fmt.Sprintf("resident%d", i)) {
+				residents++
+			}
+		}
+		if want := 4 - btoi(tc.install); residents != want {
+			t.Errorf("%s: %d residents served, want %d", tc.policy, residents, want)
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -443,7 +443,11 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		c.removeRecord(old)
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
-		c.evictOne()
+		v := c.victim()
+		if old == nil && v.filled >= c.flushedBefore && !c.policy.prefer(hash, v.hash) {
+			return nil // the victim is asked for at least as often: keep it
+		}
+		c.invalidateRecord(v)
 	}
 	if cost > c.opts.MaxBytes || c.opts.MaxEntries == 0 {
 		if old != nil {
@@ -562,24 +566,23 @@ func (c *Cache) reap(now time.Time) {
 	c.retiring = c.retiring[n:]
 }
 
-// evictOne removes the first entry the CLOCK hand finds unreferenced (or dead after a flush),
-// clearing referenced flags as it passes. Bounded: after two sweeps it evicts where it stands.
-func (c *Cache) evictOne() {
-	for step := 0; step < 2*len(c.ring)+1; step++ {
+// victim returns the entry to evict next: the first the CLOCK hand finds unreferenced (or dead
+// after a flush), clearing referenced flags as it passes. Bounded: after two sweeps it takes the
+// entry where it stands. The ring must not be empty.
+func (c *Cache) victim() *kentry {
+	for step := 0; step < 2*len(c.ring); step++ {
 		e := c.ring[c.hand]
 		if e.filled < c.flushedBefore {
-			c.invalidateRecord(e)
-			return
+			return e
 		}
 		ref, live := c.index.referenced(e.slot, e.loc)
-		if !live || !ref || step >= 2*len(c.ring) {
-			c.invalidateRecord(e)
-			return
+		if !live || !ref {
+			return e
 		}
 		c.index.clearReferenced(e.slot, e.loc)
 		c.hand = (c.hand + 1) % len(c.ring)
 	}
-	c.invalidateRecord(c.ring[c.hand])
+	return c.ring[c.hand]
 }
 
 // wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
