@@ -85,7 +85,7 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl.Uint8Var(&f.markDSCP, "mark-kernel-replies", 0, "DSCP (1-63) set on replies the kernel sends, so clients can tell who answered (0: off)")
 	fl.Int64Var(&f.kernelCacheMiB, "kernel-cache-mb", 64, "kernel cache budget in MiB of entries")
 	fl.IntVar(&f.kernelEntries, "kernel-cache-entries", 262144, "kernel cache entry limit")
-	fl.StringVar(&f.admission, "admission", "frequency", "which UDP GET hits enter the kernel cache: always, or frequency (keys seen repeatedly)")
+	fl.StringVar(&f.admission, "admission", "frequency", "which UDP GET hits enter the kernel cache: always, or frequency (keys seen repeatedly, and, when the cache is full, more often than the key they would evict)")
 	fl.StringSliceVar(&f.upstreams, "upstream", nil, "front these memcached servers (HOST:PORT[,...]): keys placed by ketama, misses fetched, writes forwarded (docs/UPSTREAM.md)")
 	fl.DurationVar(&f.kernelMaxAge, "kernel-max-age", time.Second, "with --upstream: longest a fetched value is served locally or by the kernel (other clients may write upstream directly)")
 	fl.DurationVar(&f.upstreamDial, "upstream-dial-timeout", 500*time.Millisecond, "with --upstream: connect timeout")
