@@ -101,11 +101,13 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 // readUDP is one of ServeUDP's readers: it reads a batch, answers it and writes the replies,
 // until the socket closes. It returns nil after Shutdown or when the socket is closed.
 func (s *Server) readUDP(pc *ipv4.PacketConn, allow []netip.Prefix) error {
-	in := make([]ipv4.Message, udpBatch)
+	// Each datagram buffer is 64 KB: readers share the batch, so 16 readers hold 4 MiB, not 32.
+	batch := max(4, udpBatch/s.cfg.UDPReaders)
+	in := make([]ipv4.Message, batch)
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, maxUDPRequest)}
 	}
-	out := make([]ipv4.Message, 0, udpBatch)
+	out := make([]ipv4.Message, 0, batch)
 	var replies [][]byte
 	c := s.getSession(true)
 	defer s.putSession(c)
