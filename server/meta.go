@@ -439,25 +439,14 @@ func (c *session) metaSet(data []byte) (int, action) {
 	if _, ok := c.appendOpaqueAndKey(nil, key, f.binKey); !ok {
 		return reject(statusClientError, "CLIENT_ERROR opaque token too long")
 	}
+	value, n, act, ok := c.takeBlock(key, vlen, data, true, c.replyErr)
+	if !ok {
+		return n, act
+	}
 	s := c.s
-	// Upstream mode: the upstream's item size limit applies, not ours.
-	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
-		s.st.storeTooLarge.Add(1)
-		_, _ = s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
-		return reject(statusServerError, tooLarge)
-	}
-	if len(data) < vlen+2 {
-		return vlen + 2, actNeedMore
-	}
-	if data[vlen] != '\r' || data[vlen+1] != '\n' {
-		c.status = statusClientError
-		c.replyErr(badChunk)
-		return vlen + 2, 0
-	}
-	value := data[:vlen]
 	if s.up != nil {
 		c.upMetaSet(key, value, &f)
-		return vlen + 2, 0
+		return n, 0
 	}
 	s.st.cmdSet.Add(1)
 	code := "HD"
@@ -523,11 +512,11 @@ func (c *session) metaSet(data []byte) (int, action) {
 	case errors.Is(err, cache.ErrTooLarge):
 		c.status = statusServerError
 		c.replyErr(tooLarge)
-		return vlen + 2, 0
+		return n, 0
 	case err != nil:
 		c.status = statusServerError
 		c.replyErr(noMemory)
-		return vlen + 2, 0
+		return n, 0
 	}
 	switch code {
 	case "HD":
@@ -540,7 +529,7 @@ func (c *session) metaSet(data []byte) (int, action) {
 		c.status = statusNotFound
 	}
 	if code == "HD" && f.noReply {
-		return vlen + 2, 0
+		return n, 0
 	}
 	c.out = append(c.out, code...)
 	for i := 3; i < t.N; i++ {
@@ -558,7 +547,7 @@ func (c *session) metaSet(data []byte) (int, action) {
 		}
 	}
 	c.out = append(c.out, "\r\n"...)
-	return vlen + 2, 0
+	return n, 0
 }
 
 // metaDelete runs "md <key> <flag>*".

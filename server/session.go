@@ -5,6 +5,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/xdpcache/xdpcache/cache"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
@@ -123,6 +124,33 @@ func (c *session) rejectBlock(status statusID, send func(string), msg string, vl
 		c.swallow = vlen + 2
 	}
 	return 0, 0
+}
+
+// takeBlock applies the item size limit to a storage line that passed its own checks and takes
+// its data block from data. ok is false, with what the caller returns, when the block is not all
+// there yet (actNeedMore), the item is too large (answered with SERVER_ERROR and the block
+// discarded; the old value is removed first when dropOld, as memcached unlinks it), or the block
+// does not end with "\r\n" (answered with a bad data chunk error). send is reply or replyErr.
+// Upstream mode applies the upstream's size limit, not ours.
+func (c *session) takeBlock(key []byte, vlen int, data []byte, dropOld bool, send func(string)) (value []byte, n int, act action, ok bool) {
+	s := c.s
+	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
+		s.st.storeTooLarge.Add(1)
+		if dropOld {
+			_, _ = s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
+		}
+		n, act = c.rejectBlock(statusServerError, send, tooLarge, vlen)
+		return nil, n, act, false
+	}
+	if len(data) < vlen+2 {
+		return nil, vlen + 2, actNeedMore, false
+	}
+	if data[vlen] != '\r' || data[vlen+1] != '\n' {
+		c.status = statusClientError
+		send(badChunk)
+		return nil, vlen + 2, 0, false
+	}
+	return data[:vlen], vlen + 2, 0, true
 }
 
 // process runs every complete request at the start of in, appending replies to c.out. It returns

@@ -195,32 +195,19 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 		}
 		casIn = v
 	}
+	// A failed set must not leave the older value readable (memcached unlinks it).
+	value, n, act, ok := c.takeBlock(key, vlen, data, cmd == cmdSet, c.reply)
+	if !ok {
+		return n, act
+	}
 	s := c.s
-	// Upstream mode: the upstream's item size limit applies, not ours.
-	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
-		s.st.storeTooLarge.Add(1)
-		if cmd == cmdSet {
-			// A failed set must not leave the older value readable (memcached unlinks it).
-			_, _ = s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
-		}
-		return reject(statusServerError, tooLarge)
-	}
-	if len(data) < vlen+2 {
-		return vlen + 2, actNeedMore
-	}
-	if data[vlen] != '\r' || data[vlen+1] != '\n' {
-		c.status = statusClientError
-		c.reply(badChunk)
-		return vlen + 2, 0
-	}
-	value := data[:vlen]
 	if s.up != nil {
 		c.upStore(cmd, key, value)
-		return vlen + 2, 0
+		return n, 0
 	}
 	res := c.store(cmd, string(key), flags, s.store.Exptime(int64(rawExp)), value, casIn)
 	c.reply(res)
-	return vlen + 2, 0
+	return n, 0
 }
 
 // store applies a storage command to the store and returns the reply line.
@@ -302,10 +289,8 @@ func (c *session) arith(cmd cmdID) {
 	c.cmd = cmd
 	t := &c.tok
 	c.noreply = t.NoReply()
-	key := t.Tok(1)
-	if len(key) > protocol.MaxKeyLen {
-		c.status = statusClientError
-		c.reply(badFormat)
+	key, ok := c.keyToken()
+	if !ok {
 		return
 	}
 	delta, ok := protocol.ParseUint64(t.Tok(2))
@@ -422,10 +407,8 @@ func (c *session) delete() {
 			return
 		}
 	}
-	key := t.Tok(1)
-	if len(key) > protocol.MaxKeyLen {
-		c.status = statusClientError
-		c.reply(badFormat)
+	key, ok := c.keyToken()
+	if !ok {
 		return
 	}
 	if c.s.up != nil {
@@ -458,10 +441,8 @@ func (c *session) touch() {
 	c.cmd = cmdTouch
 	t := &c.tok
 	c.noreply = t.NoReply()
-	key := t.Tok(1)
-	if len(key) > protocol.MaxKeyLen {
-		c.status = statusClientError
-		c.reply(badFormat)
+	key, ok := c.keyToken()
+	if !ok {
 		return
 	}
 	raw, ok := protocol.ParseInt32(t.Tok(2))
@@ -546,4 +527,16 @@ func (c *session) verbosity() {
 	c.s.verbosity.Store(min(level, 2))
 	c.status = statusOK
 	c.reply("OK")
+}
+
+// keyToken returns token 1 as a key, or false after answering a key over 250 bytes as memcached
+// does.
+func (c *session) keyToken() ([]byte, bool) {
+	key := c.tok.Tok(1)
+	if len(key) > protocol.MaxKeyLen {
+		c.status = statusClientError
+		c.reply(badFormat)
+		return nil, false
+	}
+	return key, true
 }
