@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // benchPrograms loads the benchmark variants: the cache and echo programs wrapped to restore the
@@ -246,4 +249,62 @@ func BenchmarkOffer(b *testing.B) {
 			}
 		}
 	})
+}
+
+// callCostProgram is an XDP program that makes calls calls of kind ("helper" to
+// bpf_xdp_get_buff_len, "subprog" to an empty BPF-to-BPF function, "ktime" and "ktime-coarse" to
+// the clocks) and returns XDP_PASS; 0 calls is the empty program.
+func callCostProgram(b *testing.B, kind string, calls int) *ebpf.Program {
+	b.Helper()
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	for range calls {
+		switch kind {
+		case "helper":
+			insns = append(insns, asm.Mov.Reg(asm.R1, asm.R6), asm.FnXdpGetBuffLen.Call())
+		case "subprog":
+			insns = append(insns, asm.Mov.Reg(asm.R1, asm.R6), asm.Call.Label("sub"))
+		case "ktime":
+			insns = append(insns, asm.FnKtimeGetNs.Call())
+		case "ktime-coarse":
+			insns = append(insns, asm.FnKtimeGetCoarseNs.Call())
+		}
+	}
+	insns = append(insns, asm.Mov.Imm(asm.R0, int32(xdpPass)), asm.Return())
+	if kind == "subprog" {
+		insns = append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol("sub"), asm.Return())
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		b.Fatalf("%s x%d: %v", kind, calls, err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// BenchmarkCallCost measures what one call costs inside an XDP program on this machine: the
+// empty program's run time (the test-run loop itself), and each kind of call's run time with
+// 1 and 4 calls, from which the per-call cost is the difference over 3. On a CPU whose returns
+// go through a speculation-safe thunk every call pays for a mispredicted return; this is why
+// the cache program's hit path avoids calls (docs/BENCHMARKS.md section 2).
+func BenchmarkCallCost(b *testing.B) {
+	testenv.RequireRoot(b)
+	frame := request(keysCommand("get", "k")).Bytes()
+	const repeat = 200000
+	empty := callCostProgram(b, "", 0)
+	for _, kind := range []string{"helper", "subprog", "ktime", "ktime-coarse"} {
+		b.Run(kind, func(b *testing.B) {
+			one, four := callCostProgram(b, kind, 1), callCostProgram(b, kind, 4)
+			var e, o, f time.Duration
+			for i := 0; i < b.N; i++ {
+				e += perRun(b, empty, frame, repeat, xdpPass)
+				o += perRun(b, one, frame, repeat, xdpPass)
+				f += perRun(b, four, frame, repeat, xdpPass)
+			}
+			n := float64(b.N)
+			b.ReportMetric(float64(e)/n, "empty-ns/run")
+			b.ReportMetric(float64(o)/n, "1call-ns/run")
+			b.ReportMetric(float64(f)/n, "4calls-ns/run")
+			b.ReportMetric(float64(f-o)/n/3, "ns/call")
+		})
+	}
 }
