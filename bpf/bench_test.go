@@ -72,13 +72,21 @@ func perRun(b *testing.B, prog *ebpf.Program, frame []byte, repeat int, want uin
 // echo program on the same request, in one run. Every run of the cache program is checked to be a
 // kernel answer (the requests counter rises by the repeat count). Reported: ns per run of each,
 // and ratio = (cache - restore) / (echo - restore), the restore being the benchmark harness's
-// own cost, measured alone.
+// own cost, measured alone. The expiring case is an item with a TTL, whose hit reads a clock.
 func BenchmarkCacheVsEcho(b *testing.B) {
-	for _, size := range []int{32, 1000} {
-		b.Run(fmt.Sprintf("value=%d", size), func(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		size int
+		ttl  time.Duration
+	}{{"value=32", 32, 0}, {"value=1000", 1000, 0}, {"value=32,expiring", 32, time.Hour}} {
+		b.Run(tc.name, func(b *testing.B) {
 			p := loadBench(b)
 			key := "0123456789abcdef"
-			offer(b, p.c, item(key, strings.Repeat("v", size), 0, 1))
+			it := item(key, strings.Repeat("v", tc.size), 0, 1)
+			if tc.ttl > 0 {
+				it.Expires = time.Now().Add(tc.ttl)
+			}
+			offer(b, p.c, it)
 			frame := request(keysCommand("get", key)).Bytes()
 			setBenchPacket(b, p.cachePacket, frame)
 			setBenchPacket(b, p.echoPacket, frame)

@@ -99,6 +99,7 @@ type xdpcacheIndexSlot struct {
 type xdpcacheScratch struct {
 	_              structs.HostLayout
 	NowNs          uint64
+	CoarseNs       uint64
 	Csum           uint64
 	Hash           uint64
 	Pos            uint32

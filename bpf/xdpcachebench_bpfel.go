@@ -64,6 +64,7 @@ type xdpcacheBenchIndexSlot struct {
 type xdpcacheBenchScratch struct {
 	_              structs.HostLayout
 	NowNs          uint64
+	CoarseNs       uint64
 	Csum           uint64
 	Hash           uint64
 	Pos            uint32

@@ -159,7 +159,8 @@ struct {
 
 /* scratch is per-CPU working memory for one packet. */
 struct scratch {
-	__u64 now_ns;  /* bpf_ktime_get_ns(), read at most once per packet; 0 = not yet */
+	__u64 now_ns;  /* bpf_ktime_get_ns() for the rate limit, at most once per packet; 0 = not yet */
+	__u64 coarse_ns; /* bpf_ktime_get_coarse_ns() for expiry, the same way */
 	__u64 csum;    /* running sum of the reply's UDP payload */
 	__u64 hash;    /* hash of the key just scanned */
 	__u32 pos;     /* packet offset of the next key */
