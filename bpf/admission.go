@@ -50,15 +50,20 @@ func newFrequencySketch(entries int) *frequencySketch {
 	return s
 }
 
+// counter is hash's counter in row i (double hashing over the key's 64-bit hash).
+func (s *frequencySketch) counter(i int, hash uint64) *uint8 {
+	h2 := bits.RotateLeft64(hash, 32) | 1
+	return &s.rows[i][(hash+uint64(i)*h2)&s.mask]
+}
+
 func (s *frequencySketch) admit(hash uint64) bool {
-	h1, h2 := hash, bits.RotateLeft64(hash, 32)|1
 	est := uint8(255)
 	for i := range s.rows {
-		j := (h1 + uint64(i)*h2) & s.mask
-		if s.rows[i][j] < 255 {
-			s.rows[i][j]++
+		n := s.counter(i, hash)
+		if *n < 255 {
+			*n++
 		}
-		est = min(est, s.rows[i][j])
+		est = min(est, *n)
 	}
 	if s.offers++; s.offers >= s.window {
 		s.offers = 0
@@ -73,10 +78,9 @@ func (s *frequencySketch) admit(hash uint64) bool {
 
 // estimate is a key's count in the sketch, without counting an offer.
 func (s *frequencySketch) estimate(hash uint64) uint8 {
-	h1, h2 := hash, bits.RotateLeft64(hash, 32)|1
 	est := uint8(255)
 	for i := range s.rows {
-		est = min(est, s.rows[i][(h1+uint64(i)*h2)&s.mask])
+		est = min(est, *s.counter(i, hash))
 	}
 	return est
 }

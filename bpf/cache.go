@@ -624,7 +624,8 @@ const FetchedBatch = 1 << 18
 // the walk, carry the information, and a skipped mark is taken on a later call.
 func (c *Cache) TakeFetched(fn func(key string)) {
 	var keys []string
-	for done := 0; done < FetchedBatch; done += fetchedChunk {
+	total := -1 // entries this call examines, fixed at the first chunk
+	for done := 0; total < 0 || done < total; {
 		// A chunk at a time: Invalidate, on every write's path, waits for the lock at most
 		// one chunk's walk (~20 µs), not the whole batch's.
 		c.mu.Lock()
@@ -632,8 +633,11 @@ func (c *Cache) TakeFetched(fn func(key string)) {
 			c.mu.Unlock()
 			break
 		}
-		n := min(len(c.ring), FetchedBatch) - done
-		for range min(n, fetchedChunk) {
+		if total < 0 {
+			total = min(len(c.ring), FetchedBatch)
+		}
+		n := min(total-done, fetchedChunk)
+		for range n {
 			if c.fetchNext >= len(c.ring) {
 				c.fetchNext = 0
 			}
@@ -643,10 +647,8 @@ func (c *Cache) TakeFetched(fn func(key string)) {
 				keys = append(keys, e.key)
 			}
 		}
+		done += n
 		c.mu.Unlock()
-		if n <= fetchedChunk {
-			break
-		}
 	}
 	for _, k := range keys {
 		fn(k)
