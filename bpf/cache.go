@@ -33,8 +33,8 @@
 // The program answers in two passes: the first finds and checks every key of the request and
 // sums the reply's length and checksum without touching the packet; only if all keys are
 // servable, the reply fits one datagram and the source may be answered does the second pass
-// resize the packet and copy each entry with bpf_xdp_store_bytes (a kernel memcpy, one per get
-// entry, END included for the last).
+// resize the packet and copy each entry into it with word stores (one piece per get entry, END
+// included for the last; two for a gets entry, around its CAS unique).
 //
 // # Memory
 //

@@ -25,16 +25,26 @@ type echoBenchCounterSet struct {
 	N [22]uint64
 }
 
+type echoBenchFloorBytes struct {
+	_ structs.HostLayout
+	B [1392]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	echoBenchMapBenchPacket     = "bench_packet"
 	echoBenchMapCounters        = "counters"
+	echoBenchMapFloorValue      = "floor_value"
 	echoBenchProgXdpEcho        = "xdp_echo"
 	echoBenchProgXdpEchoBench   = "xdp_echo_bench"
+	echoBenchProgXdpFloorBench  = "xdp_floor_bench"
 	echoBenchProgXdpRestoreOnly = "xdp_restore_only"
+	echoBenchVarCfgFloorCopy    = "cfg_floor_copy"
+	echoBenchVarCfgFloorGrow    = "cfg_floor_grow"
 	echoBenchVarCfgPort         = "cfg_port"
+	echoBenchVarFloorHeadGrown  = "floor_head_grown"
 )
 
 // loadEchoBench returns the embedded CollectionSpec for echoBench.
@@ -81,6 +91,7 @@ type echoBenchSpecs struct {
 type echoBenchProgramSpecs struct {
 	XdpEcho        *ebpf.ProgramSpec `ebpf:"xdp_echo"`
 	XdpEchoBench   *ebpf.ProgramSpec `ebpf:"xdp_echo_bench"`
+	XdpFloorBench  *ebpf.ProgramSpec `ebpf:"xdp_floor_bench"`
 	XdpRestoreOnly *ebpf.ProgramSpec `ebpf:"xdp_restore_only"`
 }
 
@@ -90,13 +101,17 @@ type echoBenchProgramSpecs struct {
 type echoBenchMapSpecs struct {
 	BenchPacket *ebpf.MapSpec `ebpf:"bench_packet"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	FloorValue  *ebpf.MapSpec `ebpf:"floor_value"`
 }
 
 // echoBenchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type echoBenchVariableSpecs struct {
-	CfgPort *ebpf.VariableSpec `ebpf:"cfg_port"`
+	CfgFloorCopy   *ebpf.VariableSpec `ebpf:"cfg_floor_copy"`
+	CfgFloorGrow   *ebpf.VariableSpec `ebpf:"cfg_floor_grow"`
+	CfgPort        *ebpf.VariableSpec `ebpf:"cfg_port"`
+	FloorHeadGrown *ebpf.VariableSpec `ebpf:"floor_head_grown"`
 }
 
 // echoBenchObjects contains all objects after they have been loaded into the kernel.
@@ -121,12 +136,14 @@ func (o *echoBenchObjects) Close() error {
 type echoBenchMaps struct {
 	BenchPacket *ebpf.Map `ebpf:"bench_packet"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	FloorValue  *ebpf.Map `ebpf:"floor_value"`
 }
 
 func (m *echoBenchMaps) Close() error {
 	return _EchoBenchClose(
 		m.BenchPacket,
 		m.Counters,
+		m.FloorValue,
 	)
 }
 
@@ -134,7 +151,10 @@ func (m *echoBenchMaps) Close() error {
 //
 // It can be passed to loadEchoBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type echoBenchVariables struct {
-	CfgPort *ebpf.Variable `ebpf:"cfg_port"`
+	CfgFloorCopy   *ebpf.Variable `ebpf:"cfg_floor_copy"`
+	CfgFloorGrow   *ebpf.Variable `ebpf:"cfg_floor_grow"`
+	CfgPort        *ebpf.Variable `ebpf:"cfg_port"`
+	FloorHeadGrown *ebpf.Variable `ebpf:"floor_head_grown"`
 }
 
 // echoBenchPrograms contains all programs after they have been loaded into the kernel.
@@ -143,6 +163,7 @@ type echoBenchVariables struct {
 type echoBenchPrograms struct {
 	XdpEcho        *ebpf.Program `ebpf:"xdp_echo"`
 	XdpEchoBench   *ebpf.Program `ebpf:"xdp_echo_bench"`
+	XdpFloorBench  *ebpf.Program `ebpf:"xdp_floor_bench"`
 	XdpRestoreOnly *ebpf.Program `ebpf:"xdp_restore_only"`
 }
 
@@ -150,6 +171,7 @@ func (p *echoBenchPrograms) Close() error {
 	return _EchoBenchClose(
 		p.XdpEcho,
 		p.XdpEchoBench,
+		p.XdpFloorBench,
 		p.XdpRestoreOnly,
 	)
 }

@@ -20,6 +20,9 @@
 #include "csum.h"
 #include "parsing.h"
 #include "cache_maps.h"
+#include "copy.h"
+
+_Static_assert(DATA_MAX + END_LEN <= COPY_LIMIT, "an entry's piece must fit copy_piece");
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -42,8 +45,6 @@ const struct entry_hdr *unused_entry_hdr __attribute__((unused));
 #define END_CSUM (0x454E + 0x440D + 0x0A00)
 
 #define SCAN_CRLF 0x10000 /* scan_key: the key ended the line */
-#define COPY_DIRECT_MAX 128 /* pieces up to this size are copied word by word */
-#define COPY_BLOCK 64 /* larger pieces, in blocks of this size */
 
 static __always_inline struct scratch *get_scratch(void)
 {
@@ -348,83 +349,6 @@ __noinline int lookup_key(struct xdp_md *ctx, __u32 i)
 	if (!st)
 		return -PASS_INTERNAL;
 	return find_key(st, i, scan_key_in(ctx, st));
-}
-
-/* copy_direct copies n (8..COPY_DIRECT_MAX) bytes from src to packet offset pos in 8-byte words,
- * the last word overlapping the one before it. For small entries this is cheaper than
- * bpf_xdp_store_bytes, whose call costs ~20 ns before it copies a byte (see BenchmarkCacheVsEcho). */
-static __always_inline int copy_direct(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 off = pos, t = n - 8;
-	__u8 *p, *q;
-
-	if (!in_range(off, 0, 2048) || !in_range(t, 0, COPY_DIRECT_MAX - 8))
-		return -1;
-	p = data + off;
-	for (__u32 w = 0; w < COPY_DIRECT_MAX / 8; w++) {
-		if (w * 8 >= t)
-			break;
-		q = p + w * 8;
-		if ((void *)(q + 8) > data_end)
-			return -1;
-		*(__u64 *)q = *(const __u64 *)(src + w * 8);
-	}
-	q = p + t;
-	if ((void *)(q + 8) > data_end)
-		return -1;
-	*(__u64 *)q = *(const __u64 *)(src + t);
-	return 0;
-}
-
-/* copy_blocks copies n (COPY_BLOCK..DATA_MAX + END_LEN) bytes from src to packet offset pos in
- * blocks of eight 8-byte words, one bounds check per block, the last block overlapping the one
- * before it. bpf_xdp_store_bytes pays two returns through this CPU's speculation-safe thunk (its
- * own and its memcpy's, ~8 ns each); at 1000 bytes the inline copy costs ~15 ns less
- * (BenchmarkCacheVsEcho, docs/BENCHMARKS.md section 2). */
-static __always_inline int copy_blocks(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 off = pos, t = n - COPY_BLOCK;
-	__u8 *p, *q;
-
-	if (!in_range(off, 0, 2048) || !in_range(t, 0, DATA_MAX + END_LEN - COPY_BLOCK))
-		return -1;
-	p = data + off;
-	for (__u32 b = 0; b < (DATA_MAX + END_LEN) / COPY_BLOCK; b++) {
-		__u32 o = b * COPY_BLOCK;
-
-		if (o >= t)
-			break;
-		q = p + o;
-		if ((void *)(q + COPY_BLOCK) > data_end)
-			return -1;
-#pragma unroll
-		for (int i = 0; i < COPY_BLOCK / 8; i++)
-			((__u64 *)q)[i] = ((const __u64 *)(src + o))[i];
-	}
-	q = p + t;
-	if ((void *)(q + COPY_BLOCK) > data_end)
-		return -1;
-#pragma unroll
-	for (int i = 0; i < COPY_BLOCK / 8; i++)
-		((__u64 *)q)[i] = ((const __u64 *)(src + t))[i];
-	return 0;
-}
-
-/* copy_piece copies n (1..DATA_MAX + END_LEN) bytes from src to packet offset pos, inline unless
- * n is under a word. Returns 0 or -1. */
-static __always_inline int copy_piece(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
-{
-	if (!in_range(n, 1, DATA_MAX + END_LEN))
-		return -1;
-	if (n > COPY_DIRECT_MAX)
-		return copy_blocks(ctx, pos, src, n);
-	if (n >= 8)
-		return copy_direct(ctx, pos, src, n);
-	return bpf_xdp_store_bytes(ctx, pos, (void *)src, n) ? -1 : 0;
 }
 
 /* emit_key_in writes the entry found for key i at packet offset pos, with "END\r\n" after it when

@@ -24,12 +24,7 @@
 #define MAX_KEYS 32      /* keys of one get handled in the kernel; more pass */
 #define MAX_PAYLOAD 1400 /* largest UDP payload memcached sends in one datagram */
 #define CAS_MAX 24       /* " <cas unique>": a space and up to 20 digits */
-#define HDR_MAX 128      /* Ethernet, VLAN, IPv6, UDP and frame headers fit */
 #define END_LEN 5        /* "END\r\n" */
-/* The most a reply can grow at the head: drivers, veth and generic XDP all give a frame
- * XDP_PACKET_HEADROOM (256) bytes in front, and bpf_xdp_adjust_head keeps room for the kernel's
- * struct xdp_frame (40 bytes) there. */
-#define HEAD_GROW_MAX (256 - 40)
 
 #define PAGE_SHIFT_ARENA 16
 #define PAGE_BYTES (1 << PAGE_SHIFT_ARENA) /* arena page: 64 KiB */

@@ -28,7 +28,13 @@ struct vlan_tag {
 #define ETH_P_8021AD 0x88A8
 #endif
 
+/* The most a reply can grow at the head: drivers, veth and generic XDP all give a frame
+ * XDP_PACKET_HEADROOM (256) bytes in front, and bpf_xdp_adjust_head keeps room for the kernel's
+ * struct xdp_frame (40 bytes) there. */
+#define HEAD_GROW_MAX (256 - 40)
+
 #define FRAME_LEN 8 /* memcached UDP frame header bytes */
+#define HDR_MAX 128 /* Ethernet, VLAN, IPv6, UDP and frame headers fit */
 
 /* memcached's UDP frame header, big-endian on the wire. */
 struct mc_frame {
