@@ -413,3 +413,38 @@ func btoi(b bool) int {
 	}
 	return 0
 }
+
+// TestIndexMovesBeforeEvicting: filled to its entry limit, the cache keeps nearly every key.
+// A key whose two index slots are both taken moves one occupant to that occupant's other slot;
+// it used to evict it instead, which lost 2% of the keys here (8029 kept; 8176 now).
+func TestIndexMovesBeforeEvicting(t *testing.T) {
+	const n = 8192
+	c := newTestCache(t, Options{MaxEntries: n, MaxBytes: 64 << 20})
+	for i := range n {
+		offer(t, c, item(fmt.Sprintf("key:%d", i), "v", 0, 1))
+	}
+	entries, _ := c.Len()
+	served := 0
+	for i := range n {
+		if v, _ := run(t, c.Program(), request(keysCommand("get", fmt.Sprintf("key:%d", i))).Bytes()); v == xdpTX {
+			served++
+		}
+	}
+	if served != entries {
+		t.Fatalf("%d keys served, %d entries recorded", served, entries)
+	}
+	t.Logf("%d of %d keys kept", entries, n)
+	if entries < n*995/1000 {
+		t.Fatalf("only %d of %d keys kept at the entry limit", entries, n)
+	}
+	// A moved entry leaves no copy behind: once invalidated, no key is answered.
+	for i := range n {
+		key := fmt.Sprintf("key:%d", i)
+		if err := c.Invalidate(key); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := run(t, c.Program(), request(keysCommand("get", key)).Bytes()); v != xdpPass {
+			t.Fatalf("%s answered after Invalidate (verdict %d)", key, v)
+		}
+	}
+}

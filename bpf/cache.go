@@ -12,15 +12,19 @@
 // (chunks of 96 to 2048 bytes, about 1.4x apart) at a time, and returns to the common pool when
 // all its chunks are free, as memcached's slabs do. The index is an ARRAY of 4x MaxEntries slots
 // (rounded up to a power of two); a key lives in one of two slots chosen by its 64-bit hash, and
-// the slot holds the full hash and the arena offset of the key's entry. Every lookup on the hit
+// the slot holds the full hash and the arena offset of the key's entry (when both are taken, one
+// occupant moves to its other slot, cuckoo-style, before any is evicted). Every lookup on the hit
 // path is therefore an ARRAY lookup, which the verifier inlines.
 //
 //   - Fill (Offer): write the new entry into a free chunk, then point the index slot at it (atomic
-//     stores into the mmapped index, which the program reads word by word). A chunk is handed out again only retireAfter after its entry left the index,
-//     so a reader sees the old entry or the new one, whole.
+//     stores into the mmapped index, which the program reads word by word). A chunk is handed
+//     out again only retireAfter after its entry left the index, so a reader sees the old entry
+//     or the new one, whole.
 //   - Invalidate: clear the index slot, one atomic store (a full barrier). Once it returns, no
 //     lookup can reach the entry, so no packet processed afterwards is answered from it. The
 //     chunk is freed at least retireAfter later.
+//   - Move (freeSlot): copy a slot into the entry's other, empty slot, then clear the first; the
+//     entry is reachable through one or both throughout, and Invalidate clears the one it is in.
 //   - Exact keys: the program compares the request key with the key inside the entry, and the
 //     entry's own recorded offset with the one it came from; a hash collision, or a slot read
 //     while being rewritten, is a miss, never another key's value. Userspace keeps one key per hash.
@@ -129,7 +133,8 @@ const (
 	// overheadBytes is each entry's share of the index: four 16-byte slots per entry.
 	overheadBytes = 64
 	// indexSlotsPerEntry oversizes the two-choice index so that both of a key's slots are
-	// taken by other keys rarely (under 1 in 16 at full occupancy).
+	// taken by other keys rarely (under 1 in 16 at full occupancy), and that one of those keys
+	// can then nearly always move to its own other slot (freeSlot).
 	indexSlotsPerEntry = 4
 	// sourceStates bounds the per-source rate limiter's LRU map.
 	sourceStates = 65536
@@ -491,8 +496,9 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	return nil
 }
 
-// freeSlot returns one of hash's two index slots, emptying one (evicting its key, the
-// unreferenced one if either is) when both are taken.
+// freeSlot returns one of hash's two index slots. When both are taken it moves either occupant
+// to that occupant's other slot if it is free (one cuckoo step), and only when neither can move
+// evicts one (the unreferenced one if either is).
 func (c *Cache) freeSlot(hash uint64) uint32 {
 	s1, s2 := c.slotsOf(hash)
 	if c.slots[s1] == nil {
@@ -501,12 +507,36 @@ func (c *Cache) freeSlot(hash uint64) uint32 {
 	if c.slots[s2] == nil {
 		return s2
 	}
+	if c.moveToOtherSlot(c.slots[s1]) {
+		return s1
+	}
+	if c.moveToOtherSlot(c.slots[s2]) {
+		return s2
+	}
 	victim := s1
 	if ref, _ := c.index.referenced(s1, c.slots[s1].loc); ref {
 		victim = s2
 	}
 	c.invalidateRecord(c.slots[victim])
 	return victim
+}
+
+// moveToOtherSlot moves e to the other of its two index slots if that one is empty, and reports
+// whether it did. The program finds e through one slot or the other throughout (index.move).
+func (c *Cache) moveToOtherSlot(e *kentry) bool {
+	a, b := c.slotsOf(e.hash)
+	to := a
+	if to == e.slot {
+		to = b
+	}
+	if to == e.slot || c.slots[to] != nil {
+		return false
+	}
+	c.index.move(e.slot, to)
+	c.slots[e.slot] = nil
+	c.slots[to] = e
+	e.slot = to
+	return true
 }
 
 // addRecord and removeRecord keep entries, byHash, slots, ring and used in step.

@@ -45,6 +45,16 @@ func (x *index) set(i uint32, hash uint64, loc uint32) {
 	atomic.StoreUint64(&x.w[2*i+1], uint64(loc)|slotUsed)
 }
 
+// move copies slot from, its marks included, to the empty slot to, then empties from: the entry
+// is reachable through one of them at every moment. A mark the program sets on from between the
+// copy and the clear is lost, which costs one reference or one fetch report, never a wrong
+// answer.
+func (x *index) move(from, to uint32) {
+	atomic.StoreUint64(&x.w[2*to], atomic.LoadUint64(&x.w[2*from]))
+	atomic.StoreUint64(&x.w[2*to+1], atomic.LoadUint64(&x.w[2*from+1]))
+	atomic.StoreUint64(&x.w[2*from+1], 0)
+}
+
 // clear empties slot i.
 func (x *index) clear(i uint32) {
 	atomic.StoreUint64(&x.w[2*i+1], 0)
