@@ -91,9 +91,7 @@ var (
 		"Keys in the kernel cache.", nil, nil)
 	descCacheBytes = prometheus.NewDesc("xdpcache_kernel_cache_bytes",
 		"Bytes charged to the kernel cache budget.", nil, nil)
-	// DescAttached is exported so that a server whose kernel path failed to start can report
-	// the same family as 0.
-	DescAttached = prometheus.NewDesc("xdpcache_kernel_attached",
+	descAttached = prometheus.NewDesc("xdpcache_kernel_attached",
 		"1 while the XDP program is attached to iface in mode (native or generic), else 0.",
 		[]string{"iface", "mode"}, nil)
 )
@@ -101,20 +99,32 @@ var (
 // collector reads the maps and the program's kernel stats at scrape time (ebpf_exporter style).
 type collector struct{ c *Cache }
 
+// OffCollector reports xdpcache_kernel_attached as 0 for a server running without the kernel
+// path (not configured, or it failed to start), so one alert on that family covers both.
+func OffCollector(iface string) prometheus.Collector { return offCollector{iface: iface} }
+
+type offCollector struct{ iface string }
+
+func (offCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descAttached }
+
+func (o offCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 0, o.iface, "")
+}
+
 // Collector returns a prometheus.Collector for the kernel cache's counters.
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, DescAttached} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descAttached} {
 		ch <- d
 	}
 }
 
 func (k collector) Collect(ch chan<- prometheus.Metric) {
 	if iface, mode := k.c.Attached(); iface != "" {
-		ch <- prometheus.MustNewConstMetric(DescAttached, prometheus.GaugeValue, 1, iface, string(mode))
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, iface, string(mode))
 	} else {
-		ch <- prometheus.MustNewConstMetric(DescAttached, prometheus.GaugeValue, 0, "", "")
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 0, "", "")
 	}
 	counts, err := k.c.counters()
 	if err != nil {

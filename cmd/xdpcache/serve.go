@@ -145,7 +145,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 	if kernel == nil {
 		// xdpcache_kernel_attached 0: an alert on it fires whether the attach failed or the
 		// kernel path was never configured.
-		reg.MustRegister(kernelOff{iface: f.xdpIface})
+		reg.MustRegister(bpf.OffCollector(f.xdpIface))
 	}
 
 	srv, err := server.New(server.Config{
@@ -359,13 +359,4 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size (examples: 1m, 512k, 2048)", s)
 	}
 	return n * mult, nil
-}
-
-// kernelOff reports xdpcache_kernel_attached as 0 for a server running without the kernel path.
-type kernelOff struct{ iface string }
-
-func (kernelOff) Describe(ch chan<- *prometheus.Desc) { ch <- bpf.DescAttached }
-
-func (k kernelOff) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(bpf.DescAttached, prometheus.GaugeValue, 0, k.iface, "")
 }
