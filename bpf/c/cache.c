@@ -359,7 +359,7 @@ static __always_inline int emit_key_in(struct xdp_md *ctx, struct scratch *st, _
 {
 	struct entry_hdr *e;
 	__u8 *data;
-	__u64 len, hl, cl, n, tail, head;
+	__u64 len, hl, cl, n, tail, head = 0, dst, from, cnt;
 
 	e = entry_at(st->locs[i & (MAX_KEYS - 1)]);
 	if (!e)
@@ -374,17 +374,31 @@ static __always_inline int emit_key_in(struct xdp_md *ctx, struct scratch *st, _
 	n = len + (last ? END_LEN : 0);
 	if (!in_range(n, 1, DATA_MAX + END_LEN))
 		return -1;
-	if (!st->gets)
-		return copy_piece(ctx, pos, data, n) ? -1 : (int)len;
-	/* The value part lands after the CAS; the gets header is stored whole before it. */
-	tail = n - hl;
-	head = hl + cl;
-	if (!in_range(tail, 1, DATA_MAX + END_LEN) || !in_range(head, 2, GETS_HEAD_MAX))
-		return -1;
-	if (copy_piece(ctx, pos + head, data + hl, tail) ||
-	    copy_piece(ctx, pos, data + len + END_LEN, head))
-		return -1;
-	return (int)(len + cl);
+	/* A get's entry is one piece. A gets entry is two: the value part, which lands after the
+	 * CAS, then the gets header, stored whole before it. One call site for both keeps one copy
+	 * of copy_piece's code per emit. */
+	dst = pos;
+	from = 0;
+	cnt = n;
+	if (st->gets) {
+		tail = n - hl;
+		head = hl + cl;
+		if (!in_range(tail, 1, DATA_MAX + END_LEN) || !in_range(head, 2, GETS_HEAD_MAX))
+			return -1;
+		dst = pos + head;
+		from = hl;
+		cnt = tail;
+	}
+	for (int piece = 0; piece < 2; piece++) {
+		if (copy_piece(ctx, dst, data + from, cnt))
+			return -1;
+		if (!st->gets || piece)
+			break;
+		dst = pos;
+		from = len + END_LEN;
+		cnt = head;
+	}
+	return (int)(st->gets ? len + cl : len);
 }
 
 /* emit_key is emit_key_in as a global function, for replies of more than one key. */
