@@ -112,9 +112,10 @@ struct {
 
 __s32 floor_head_grown; /* what the last run grew at the head, for the restore */
 
-/* move_headers moves the first n (8..HDR_MAX) bytes from packet offset from (1..HEAD_GROW_MAX)
- * to the front, a word at a time, forwards (the destination lies before the source), the last
- * word overlapping the one before it. */
+/* move_headers moves the first n (8..HDR_MAX) bytes from packet offset from (8..HEAD_GROW_MAX)
+ * to the front, a word at a time, forwards (the destination lies at least a word before the
+ * source, so no word is read after it was overwritten), the last word overlapping the one before
+ * it. */
 static __always_inline int move_headers(struct xdp_md *ctx, __u32 from, __u32 n)
 {
 	void *data = (void *)(long)ctx->data;
@@ -122,7 +123,7 @@ static __always_inline int move_headers(struct xdp_md *ctx, __u32 from, __u32 n)
 	__u64 f = from, t = n - 8;
 	__u8 *s, *d;
 
-	if (!in_range(f, 1, HEAD_GROW_MAX) || !in_range(t, 0, HDR_MAX - 8))
+	if (!in_range(f, 8, HEAD_GROW_MAX) || !in_range(t, 0, HDR_MAX - 8))
 		return -1;
 	s = data + f;
 	for (__u32 w = 0; w < HDR_MAX / 8; w++) {
