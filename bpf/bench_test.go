@@ -108,7 +108,8 @@ func loadFloor(b *testing.B, req packet.UDP, reply []byte) *ebpf.Program {
 // kernel answer (the requests counter rises by the repeat count). Reported: ns per run of each,
 // and ratio = (cache - restore) / (echo - restore), the restore being the benchmark harness's
 // own cost, measured alone. The expiring case is an item with a TTL, whose hit reads a clock; the
-// gets case answers with the CAS unique, its entry written in two pieces around it.
+// gets case answers with the CAS unique, its entry written in two pieces around it; the ipv6
+// case swaps 16-byte addresses and sums them into the UDP checksum.
 // The floor program (loadFloor) resizes the frame and copies the reply's bytes as the cache
 // does and no more: floor-ratio is what any program sending this reply pays against echo.
 func BenchmarkCacheVsEcho(b *testing.B) {
@@ -117,9 +118,11 @@ func BenchmarkCacheVsEcho(b *testing.B) {
 		size int
 		ttl  time.Duration
 		verb string
+		ipv6 bool
 	}{
-		{"value=32", 32, 0, "get"}, {"value=1000", 1000, 0, "get"},
-		{"value=32,expiring", 32, time.Hour, "get"}, {"value=32,gets", 32, 0, "gets"},
+		{"value=32", 32, 0, "get", false}, {"value=1000", 1000, 0, "get", false},
+		{"value=32,expiring", 32, time.Hour, "get", false}, {"value=32,gets", 32, 0, "gets", false},
+		{"value=32,ipv6", 32, 0, "get", true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			p := loadBench(b)
@@ -130,6 +133,9 @@ func BenchmarkCacheVsEcho(b *testing.B) {
 			}
 			offer(b, p.c, it)
 			req := request(keysCommand(tc.verb, key))
+			if tc.ipv6 {
+				req = request6(keysCommand(tc.verb, key))
+			}
 			frame := req.Bytes()
 			setBenchPacket(b, p.cachePacket, frame)
 			setBenchPacket(b, p.echoPacket, frame)
