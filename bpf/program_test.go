@@ -280,3 +280,45 @@ func TestProgramMTU(t *testing.T) {
 		t.Fatalf("counters %v", d)
 	}
 }
+
+// TestProgramCopySizes: entries of every size the copies treat differently are written whole and
+// exactly: pieces under a word (bpf_xdp_store_bytes), word by word up to 128 bytes, 64-byte blocks
+// above with an overlapping last block, for get and for gets (two pieces around the CAS), as the
+// last key and before another.
+func TestProgramCopySizes(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 4096, MaxBytes: 64 << 20, Admission: AdmitAlways})
+	store := map[string]server.KernelItem{"tail": item("tail", "t", 0, 1)}
+	offer(t, c, store["tail"])
+	var sizes []int
+	for n := 0; n <= 200; n++ {
+		sizes = append(sizes, n)
+	}
+	for n := 1000; n <= 1360; n += 9 {
+		sizes = append(sizes, n)
+	}
+	for _, n := range sizes {
+		key := fmt.Sprintf("v%-39d", n) // long enough that no reply hits the amplification cap
+		key = strings.ReplaceAll(key, " ", ".")
+		store[key] = item(key, strings.Repeat(string(rune('a'+n%26)), n), uint32(n), uint64(n)+100)
+		offer(t, c, store[key])
+		// An entry is installed only if its gets reply fits one datagram (Offer).
+		installed := len(reply(0x1234, store, true, key)) <= maxPayload
+		for _, verb := range []string{"get", "gets"} {
+			for _, keys := range [][]string{{key}, {key, "tail"}} {
+				req := request(keysCommand(verb, keys...))
+				verdict, out := run(t, c.Program(), req.Bytes())
+				want := reply(0x1234, store, verb == "gets", keys...)
+				if !installed || len(want) > maxPayload {
+					if verdict != xdpPass {
+						t.Fatalf("%s %v (%d-byte value): verdict %d, want XDP_PASS: not installed, or the reply is over one datagram", verb, keys, n, verdict)
+					}
+					continue
+				}
+				if verdict != xdpTX {
+					t.Fatalf("%s %v (%d-byte value): verdict %d, want XDP_TX", verb, keys, n, verdict)
+				}
+				checkReply(t, req, out, want)
+			}
+		}
+	}
+}
