@@ -109,7 +109,7 @@ func loadFloor(b *testing.B, req packet.UDP, reply []byte) *ebpf.Program {
 // and ratio = (cache - restore) / (echo - restore), the restore being the benchmark harness's
 // own cost, measured alone. The expiring case is an item with a TTL, whose hit reads a clock; the
 // gets case answers with the CAS unique, its entry written in two pieces around it; the ipv6
-// case swaps 16-byte addresses and sums them into the UDP checksum.
+// case swaps 16-byte addresses and sums them into the UDP checksum; keys=10 is a get of ten keys.
 // The floor program (loadFloor) resizes the frame and copies the reply's bytes as the cache
 // does and no more: floor-ratio is what any program sending this reply pays against echo.
 func BenchmarkCacheVsEcho(b *testing.B) {
@@ -119,22 +119,28 @@ func BenchmarkCacheVsEcho(b *testing.B) {
 		ttl  time.Duration
 		verb string
 		ipv6 bool
+		keys int
 	}{
-		{"value=32", 32, 0, "get", false}, {"value=1000", 1000, 0, "get", false},
-		{"value=32,expiring", 32, time.Hour, "get", false}, {"value=32,gets", 32, 0, "gets", false},
-		{"value=32,ipv6", 32, 0, "get", true},
+		{"value=32", 32, 0, "get", false, 1}, {"value=1000", 1000, 0, "get", false, 1},
+		{"value=32,expiring", 32, time.Hour, "get", false, 1}, {"value=32,gets", 32, 0, "gets", false, 1},
+		{"value=32,ipv6", 32, 0, "get", true, 1}, {"value=32,keys=10", 32, 0, "get", false, 10},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			p := loadBench(b)
-			key := "0123456789abcdef"
-			it := item(key, strings.Repeat("v", tc.size), 0, 1)
-			if tc.ttl > 0 {
-				it.Expires = time.Now().Add(tc.ttl)
+			keys := []string{"0123456789abcdef"}
+			for i := 1; i < tc.keys; i++ {
+				keys = append(keys, fmt.Sprintf("0123456789abcd%02d", i))
 			}
-			offer(b, p.c, it)
-			req := request(keysCommand(tc.verb, key))
+			for _, key := range keys {
+				it := item(key, strings.Repeat("v", tc.size), 0, 1)
+				if tc.ttl > 0 {
+					it.Expires = time.Now().Add(tc.ttl)
+				}
+				offer(b, p.c, it)
+			}
+			req := request(keysCommand(tc.verb, keys...))
 			if tc.ipv6 {
-				req = request6(keysCommand(tc.verb, key))
+				req = request6(keysCommand(tc.verb, keys...))
 			}
 			frame := req.Bytes()
 			setBenchPacket(b, p.cachePacket, frame)

@@ -68,6 +68,12 @@ func TestProgramTable(t *testing.T) {
 	for i := range tooMany {
 		tooMany[i] = "alpha"
 	}
+	most := tooMany[:32] // the most keys the program answers
+	// Keys after the first are looked up four to a call, and entries written four to a call:
+	// requests that end at and just past a call's last key, and a miss in a later call.
+	batchEnd := []string{"alpha", "beta", "gamma", "odd", "alpha"}
+	batchNext := append(append([]string{}, batchEnd...), "beta")
+	missSecondCall := append(append([]string{}, batchNext...), "nope")
 	setU16 := func(off int, v uint16) func([]byte) []byte {
 		return func(b []byte) []byte { binary.BigEndian.PutUint16(b[off:], v); return b }
 	}
@@ -95,6 +101,10 @@ func TestProgramTable(t *testing.T) {
 		{name: "wrong port", req: wrongPort, reason: xdpcacheCounterPASS_WRONG_PORT},
 		{name: "too big multi", req: request(keysCommand("get", "big", "big2")), reason: xdpcacheCounterPASS_TOO_BIG},
 		{name: "too many keys", req: request(keysCommand("get", tooMany...)), reason: xdpcacheCounterPASS_TOO_MANY_KEYS},
+		{name: "most keys", req: request(keysCommand("get", most...)), keys: most},
+		{name: "multi end of a lookup call", req: request(keysCommand("get", batchEnd...)), keys: batchEnd},
+		{name: "multi past a lookup call", req: request(keysCommand("gets", batchNext...)), gets: true, keys: batchNext},
+		{name: "multi miss in a later lookup call", req: request(keysCommand("get", missSecondCall...)), reason: xdpcacheCounterPASS_PARTIAL},
 		{name: "key too long", req: request(keysCommand("get", longKey+"k")), reason: xdpcacheCounterPASS_KEY_TOO_LONG},
 		{name: "set", req: request("set alpha 0 0 1\r\nx\r\n"), reason: xdpcacheCounterPASS_NOT_GET},
 		{name: "uppercase", req: request("GET alpha\r\n"), reason: xdpcacheCounterPASS_NOT_GET},
