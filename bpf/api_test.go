@@ -149,6 +149,18 @@ func TestCollectorAndStats(t *testing.T) {
 	if got := gather(t, reg, "xdpcache_kernel_passes_total", "miss"); got != 1 {
 		t.Errorf("passes{reason=miss} = %v, want 1", got)
 	}
+	// Churn: the one fill, nothing evicted or refused.
+	if got := gather(t, reg, "xdpcache_kernel_fills_total", ""); got != 1 {
+		t.Errorf("fills = %v, want 1", got)
+	}
+	for _, reason := range []string{"space", "index"} {
+		if got := gather(t, reg, "xdpcache_kernel_evictions_total", reason); got != 0 {
+			t.Errorf("evictions{reason=%s} = %v, want 0", reason, got)
+		}
+	}
+	if got := gather(t, reg, "xdpcache_kernel_admissions_refused_total", "victim"); got != 0 {
+		t.Errorf("admissions_refused{reason=victim} = %v, want 0", got)
+	}
 	if got := gather(t, reg, "xdpcache_kernel_program_runs_total", ""); got < 2 {
 		t.Errorf("program runs = %v with stats enabled, want >= 2", got)
 	}
@@ -404,6 +416,24 @@ func TestFrequencyAdmissionComparesWithVictim(t *testing.T) {
 		if want := 4 - btoi(tc.install); residents != want {
 			t.Errorf("%s: %d residents served, want %d", tc.policy, residents, want)
 		}
+		// The churn counters say the same: one eviction for room if the newcomer got in, a
+		// refusal against the victim if it passed the threshold but did not.
+		ch := c.Churn()
+		want := Churn{Fills: 4 + uint64(btoi(tc.install)), EvictedSpace: uint64(btoi(tc.install))}
+		if tc.policy == AdmitFrequency {
+			want.RefusedFrequency = ch.RefusedFrequency // first offers, below the threshold
+			if ch.RefusedFrequency == 0 {
+				t.Errorf("%s: no offer refused for frequency", tc.policy)
+			}
+			// Offers past the threshold but not yet past the victim's count.
+			want.RefusedVictim = ch.RefusedVictim
+			if ch.RefusedVictim == 0 {
+				t.Errorf("%s: no offer refused against the victim", tc.policy)
+			}
+		}
+		if ch != want {
+			t.Errorf("%s, newcomer offered %d times: churn %+v, want %+v", tc.policy, tc.offers, ch, want)
+		}
 	}
 }
 
@@ -436,6 +466,10 @@ func TestIndexMovesBeforeEvicting(t *testing.T) {
 	t.Logf("%d of %d keys kept", entries, n)
 	if entries < n*995/1000 {
 		t.Fatalf("only %d of %d keys kept at the entry limit", entries, n)
+	}
+	// Below the entry limit, every key lost was evicted from the index, and is counted so.
+	if ch := c.Churn(); ch != (Churn{Fills: n, EvictedIndex: uint64(n - entries)}) {
+		t.Fatalf("churn %+v for %d fills and %d entries kept", ch, n, entries)
 	}
 	// A moved entry leaves no copy behind: once invalidated, no key is answered.
 	for i := range n {

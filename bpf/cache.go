@@ -142,6 +142,23 @@ const (
 	pageStride = pageBytes + chunkMax
 )
 
+// Churn counts what became of the offers the kernel cache was made and of its entries: what sizing
+// and admission experiments look at besides the hit ratio.
+type Churn struct {
+	Fills            uint64 // entries installed: new keys and new versions of cached ones
+	EvictedSpace     uint64 // live entries dropped for room: the byte or entry limit (CLOCK victim)
+	EvictedIndex     uint64 // live entries dropped because a new key's two index slots were both taken and neither could move
+	RefusedFrequency uint64 // new keys the frequency policy has not seen often enough
+	RefusedVictim    uint64 // new keys not asked for more often than the entry they would evict
+}
+
+// Churn returns the cache's churn counters since it was created.
+func (c *Cache) Churn() Churn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.churn
+}
+
 // kentry is userspace's record of one key in the kernel cache.
 type kentry struct {
 	key     string
@@ -187,6 +204,7 @@ type Cache struct {
 	used          int64
 	retiring      []retired
 	flushedBefore uint64
+	churn         Churn
 	allowed       int    // prefixes in the allow-list
 	allowGen      uint32 // allow_gen in the program's .bss
 	link          link.Link
@@ -451,8 +469,13 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
 		v := c.victim()
-		if old == nil && v.filled >= c.flushedBefore && !c.policy.prefer(hash, v.hash) {
+		live := v.filled >= c.flushedBefore
+		if old == nil && live && !c.policy.prefer(hash, v.hash) {
+			c.churn.RefusedVictim++
 			return nil // the victim is asked for at least as often: keep it
+		}
+		if live {
+			c.churn.EvictedSpace++
 		}
 		c.invalidateRecord(v)
 	}
@@ -493,6 +516,7 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		c.retire(old.loc, wall) // the index no longer reaches it
 	}
 	c.addRecord(e)
+	c.churn.Fills++
 	return nil
 }
 
@@ -516,6 +540,9 @@ func (c *Cache) freeSlot(hash uint64) uint32 {
 	victim := s1
 	if ref, _ := c.index.referenced(s1, c.slots[s1].loc); ref {
 		victim = s2
+	}
+	if c.slots[victim].filled >= c.flushedBefore {
+		c.churn.EvictedIndex++
 	}
 	c.invalidateRecord(c.slots[victim])
 	return victim
@@ -632,7 +659,11 @@ func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
 	if c.byHash[hash] != nil {
 		return false, nil
 	}
-	return c.policy.admit(hash), nil
+	if !c.policy.admit(hash) {
+		c.churn.RefusedFrequency++
+		return false, nil
+	}
+	return true, nil
 }
 
 // current reports whether e holds the version of it: same CAS, flags, size and expiry, filled

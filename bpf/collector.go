@@ -91,6 +91,14 @@ var (
 		"Keys in the kernel cache.", nil, nil)
 	descCacheBytes = prometheus.NewDesc("xdpcache_kernel_cache_bytes",
 		"Bytes charged to the kernel cache budget.", nil, nil)
+	descFills = prometheus.NewDesc("xdpcache_kernel_fills_total",
+		"Entries installed in the kernel cache: new keys and new versions of cached ones.", nil, nil)
+	descEvictions = prometheus.NewDesc("xdpcache_kernel_evictions_total",
+		"Live entries the kernel cache dropped for a new one, by reason: space (its byte or entry limit) or index (both of the new key's index slots taken).",
+		[]string{"reason"}, nil)
+	descRefused = prometheus.NewDesc("xdpcache_kernel_admissions_refused_total",
+		"Offers of new keys the kernel cache refused, by reason: frequency (not seen often enough) or victim (not asked for more often than the entry it would evict).",
+		[]string{"reason"}, nil)
 	descAttached = prometheus.NewDesc("xdpcache_kernel_attached",
 		"1 while the XDP program is attached to iface in mode (native or generic), else 0.",
 		[]string{"iface", "mode"}, nil)
@@ -115,7 +123,7 @@ func (o offCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descAttached} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descEvictions, descRefused, descAttached} {
 		ch <- d
 	}
 }
@@ -146,4 +154,10 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	n, b := k.c.Len()
 	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(b))
+	churn := k.c.Churn()
+	ch <- prometheus.MustNewConstMetric(descFills, prometheus.CounterValue, float64(churn.Fills))
+	ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(churn.EvictedSpace), "space")
+	ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(churn.EvictedIndex), "index")
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(churn.RefusedFrequency), "frequency")
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(churn.RefusedVictim), "victim")
 }
