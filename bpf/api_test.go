@@ -131,8 +131,8 @@ func TestCollectorAndStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := uint64(len(reply(0, testStoreOne(), false, "k", "k")))
-	if st.Requests != 1 || st.Hits != 2 || st.BytesSent != want {
-		t.Fatalf("Stats %+v, want 1 request, 2 hits, %d bytes", st, want)
+	if st.Requests != 1 || st.Hits != 2 || st.BytesSent != want || st.Fills != 1 || st.Evictions != 0 {
+		t.Fatalf("Stats %+v, want 1 request, 2 hits, %d bytes, 1 fill, no eviction", st, want)
 	}
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(c.Collector()); err != nil {

@@ -778,10 +778,14 @@ func (c *Cache) Stats() (server.KernelStats, error) {
 	if err != nil {
 		return server.KernelStats{}, err
 	}
+	churn := c.Churn()
 	return server.KernelStats{
-		Requests:  counts[xdpcacheCounterCNT_REQUESTS],
-		Hits:      counts[xdpcacheCounterCNT_HITS],
-		BytesSent: counts[xdpcacheCounterCNT_BYTES],
+		Requests:          counts[xdpcacheCounterCNT_REQUESTS],
+		Hits:              counts[xdpcacheCounterCNT_HITS],
+		BytesSent:         counts[xdpcacheCounterCNT_BYTES],
+		Fills:             churn.Fills,
+		Evictions:         churn.EvictedSpace + churn.EvictedIndex,
+		AdmissionsRefused: churn.RefusedFrequency + churn.RefusedVictim,
 	}, nil
 }
 

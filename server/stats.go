@@ -118,6 +118,9 @@ func (s *Server) generalStats() []stat {
 		{"kernel_get_hits", u64(ks.Hits)},
 		{"kernel_requests", u64(ks.Requests)},
 		{"kernel_bytes_sent", u64(ks.BytesSent)},
+		{"kernel_fills", u64(ks.Fills)},
+		{"kernel_evictions", u64(ks.Evictions)},
+		{"kernel_admissions_refused", u64(ks.AdmissionsRefused)},
 		{"kernel_errors", u64(st.kernelErrors.Load())},
 		{"xdpcache_version", s.cfg.Version},
 	}, s.upstreamStats()...)

@@ -125,7 +125,7 @@ func TestSweepOutputs(t *testing.T) {
 	pts := []sweepPoint{
 		{Theta: 0.99, CachePercent: 1, Entries: 100, KernelShare: 0.5},
 		{Theta: 0.99, CachePercent: 100, Entries: 10000, KernelShare: 0.97},
-		{Theta: 1.2, CachePercent: 1, Entries: 100, KernelShare: 0.8},
+		{Theta: 1.2, CachePercent: 1, Entries: 100, KernelShare: 0.8, Fills: 250, Evictions: 150, AdmissionsRefused: 40},
 		{Theta: 1.2, CachePercent: 100, Entries: 10000, KernelShare: 0.99},
 	}
 	if err := writeSweep(dir, pts); err != nil {
@@ -140,7 +140,8 @@ func TestSweepOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 5 || rows[3][0] != "1.2" || rows[3][3] != "0.8000" {
+	if len(rows) != 5 || rows[3][0] != "1.2" || rows[3][3] != "0.8000" || rows[0][8] != "kernel_evictions" ||
+		rows[3][7] != "250" || rows[3][8] != "150" || rows[3][9] != "40" {
 		t.Fatalf("csv %v", rows)
 	}
 	png := filepath.Join(dir, "sweep.png")

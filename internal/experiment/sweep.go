@@ -27,6 +27,12 @@ type sweepPoint struct {
 	HitRatio     float64 `json:"hit_ratio"`
 	Achieved     float64 `json:"achieved_rate"`
 	Timeouts     uint64  `json:"timeouts"`
+	// The kernel cache's churn over the run, warmup included (the server's stats): how many
+	// entries went in, how many live ones were dropped for others, how many new keys admission
+	// kept out.
+	Fills             uint64 `json:"kernel_fills"`
+	Evictions         uint64 `json:"kernel_evictions"`
+	AdmissionsRefused uint64 `json:"kernel_admissions_refused"`
 }
 
 // runSweep is experiment 4: kernel share against kernel cache size and Zipf skew; one PNG with a
@@ -75,14 +81,21 @@ func runSweep(ctx context.Context, c *common, args []string) error {
 				"--warmup-settle", strconv.FormatFloat(*settle, 'g', -1, 64), "--warmup-max", warmupMax.String(),
 				"--keys", strconv.Itoa(*keys), "--key-dist", "zipf", "--zipf-theta", strconv.FormatFloat(th, 'g', -1, 64),
 				"--key-scramble", "--get-ratio", "1", "--value-size", "32", "--kernel-dscp", strconv.Itoa(ReplyDSCP))
+			var stats map[string]string
+			if err == nil {
+				stats, err = lab.Stats()
+			}
 			srv.Stop()
 			if err != nil {
 				return err
 			}
 			p := sweepPoint{Theta: th, CachePercent: pc, Entries: entries, KernelShare: rep.KernelShare,
-				HitRatio: rep.HitRatio, Achieved: rep.AchievedRate, Timeouts: rep.Timeouts}
+				HitRatio: rep.HitRatio, Achieved: rep.AchievedRate, Timeouts: rep.Timeouts,
+				Fills: statUint(stats, "kernel_fills"), Evictions: statUint(stats, "kernel_evictions"),
+				AdmissionsRefused: statUint(stats, "kernel_admissions_refused")}
 			pts = append(pts, p)
-			c.progress("sweep: theta %g, cache %g%% (%d entries): kernel share %.1f%%", th, pc, entries, 100*p.KernelShare)
+			c.progress("sweep: theta %g, cache %g%% (%d entries): kernel share %.1f%%; kernel cache %d fills, %d evictions, %d refused",
+				th, pc, entries, 100*p.KernelShare, p.Fills, p.Evictions, p.AdmissionsRefused)
 		}
 	}
 	if err := writeSweep(dir, pts); err != nil {
@@ -119,11 +132,13 @@ func writeSweep(dir string, pts []sweepPoint) error {
 		return fmt.Errorf("write points: %w", err)
 	}
 	w := csv.NewWriter(f)
-	w.Write([]string{"theta", "cache_percent", "entries", "kernel_share", "hit_ratio", "achieved_rate", "timeouts"})
+	w.Write([]string{"theta", "cache_percent", "entries", "kernel_share", "hit_ratio", "achieved_rate", "timeouts",
+		"kernel_fills", "kernel_evictions", "kernel_admissions_refused"})
 	for _, p := range pts {
 		w.Write([]string{strconv.FormatFloat(p.Theta, 'g', -1, 64), strconv.FormatFloat(p.CachePercent, 'g', -1, 64),
 			strconv.Itoa(p.Entries), strconv.FormatFloat(p.KernelShare, 'f', 4, 64), strconv.FormatFloat(p.HitRatio, 'f', 4, 64),
-			strconv.FormatFloat(p.Achieved, 'f', 0, 64), strconv.FormatUint(p.Timeouts, 10)})
+			strconv.FormatFloat(p.Achieved, 'f', 0, 64), strconv.FormatUint(p.Timeouts, 10),
+			strconv.FormatUint(p.Fills, 10), strconv.FormatUint(p.Evictions, 10), strconv.FormatUint(p.AdmissionsRefused, 10)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
