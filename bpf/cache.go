@@ -145,9 +145,11 @@ const (
 // Churn counts what became of the offers the kernel cache was made and of its entries: what sizing
 // and admission experiments look at besides the hit ratio.
 type Churn struct {
-	Fills            uint64 // entries installed: new keys and new versions of cached ones
-	EvictedSpace     uint64 // live entries dropped for room: the byte or entry limit (CLOCK victim)
-	EvictedIndex     uint64 // live entries dropped because a new key's two index slots were both taken and neither could move
+	Fills        uint64 // entries installed: new keys and new versions of cached ones
+	EvictedSpace uint64 // live entries dropped for room: the byte or entry limit (CLOCK victim)
+	// EvictedIndex counts live entries dropped because both of a new key's index slots were
+	// taken and neither occupant could move.
+	EvictedIndex     uint64
 	RefusedFrequency uint64 // new keys the frequency policy has not seen often enough
 	RefusedVictim    uint64 // new keys not asked for more often than the entry they would evict
 }
