@@ -29,7 +29,9 @@ func newStatsCmd() *cobra.Command {
 		Short:   "Live view of a running server: kernel and userspace hits, hit ratio, kernel share, rates",
 		Long: `stats asks a running server for memcached's "stats" over TCP every --interval and prints
 request rates split by who answered: the XDP program in the kernel or the Go server. get_hits and
-cmd_get include kernel-served keys; kernel_get_hits breaks them out.
+cmd_get include kernel-served keys; kernel_get_hits breaks them out. kfill/s and kevict/s are
+the kernel cache's churn: entries installed, and live entries dropped for others (evictions
+close to fills: the kernel cache is too small for the hot set).
 
 Against plain memcached it works too (the kernel columns stay at zero).`,
 		Example: `  xdpcache stats --server 127.0.0.1:11211
@@ -96,8 +98,8 @@ func watchStats(ctx context.Context, out io.Writer, addr string, interval time.D
 		return err
 	}
 	if !raw {
-		fmt.Fprintf(out, "%-8s %10s %10s %10s %10s %8s %8s %10s %8s\n",
-			"time", "get/s", "kernel/s", "user/s", "miss/s", "hit%", "kernel%", "set/s", "conns")
+		fmt.Fprintf(out, "%-8s %10s %10s %10s %10s %8s %8s %10s %8s %8s %8s\n",
+			"time", "get/s", "kernel/s", "user/s", "miss/s", "hit%", "kernel%", "set/s", "kfill/s", "kevict/s", "conns")
 	}
 	for n := 1; count == 0 || n <= count; n++ {
 		if raw {
@@ -136,9 +138,9 @@ func formatRates(prev, cur statsSample) string {
 		hitPct = 100 * hits / gets
 		kernelPct = 100 * kernel / gets
 	}
-	return fmt.Sprintf("%-8s %10.0f %10.0f %10.0f %10.0f %7.1f%% %7.1f%% %10.0f %8s",
+	return fmt.Sprintf("%-8s %10.0f %10.0f %10.0f %10.0f %7.1f%% %7.1f%% %10.0f %8.0f %8.0f %8s",
 		cur.at.Format("15:04:05"), gets, kernel, hits-kernel, misses, hitPct, kernelPct,
-		rate("cmd_set"), cur.fields["curr_connections"])
+		rate("cmd_set"), rate("kernel_fills"), rate("kernel_evictions"), cur.fields["curr_connections"])
 }
 
 func printRaw(out io.Writer, s statsSample) {
