@@ -832,13 +832,15 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 		if (emit_key_in(ctx, st, 0, cmd_off, 1) < 0)
 			goto fail;
 	} else {
-		ret = cmd_off;
+		/* Several keys: BATCH to a call. */
+		pos = cmd_off;
 		for (__u32 b = 0; b < MAX_KEYS / BATCH; b++) {
 			if (b * BATCH >= nkeys)
 				break;
-			ret = emit_keys(ctx, b * BATCH, ret, nkeys);
+			ret = emit_keys(ctx, b * BATCH, pos, nkeys);
 			if (ret < 0)
 				goto fail;
+			pos = ret;
 		}
 	}
 	/* In place, after the entries, which do not touch the headers: a failed emit leaves them
