@@ -468,7 +468,7 @@ func TestIndexMovesBeforeEvicting(t *testing.T) {
 		t.Fatalf("only %d of %d keys kept at the entry limit", entries, n)
 	}
 	// Below the entry limit, every key lost was evicted from the index, and is counted so.
-	if ch := c.Churn(); ch != (Churn{Fills: n, EvictedIndex: uint64(n - entries)}) {
+	if ch := c.Churn(); ch.Moved == 0 || ch != (Churn{Fills: n, EvictedIndex: uint64(n - entries), Moved: ch.Moved}) {
 		t.Fatalf("churn %+v for %d fills and %d entries kept", ch, n, entries)
 	}
 	// A moved entry leaves no copy behind: once invalidated, no key is answered.

@@ -152,6 +152,7 @@ type Churn struct {
 	EvictedIndex     uint64
 	RefusedFrequency uint64 // new keys the frequency policy has not seen often enough
 	RefusedVictim    uint64 // new keys not asked for more often than the entry they would evict
+	Moved            uint64 // entries moved to their other index slot to make room (no loss)
 }
 
 // Churn returns the cache's churn counters since it was created.
@@ -565,6 +566,7 @@ func (c *Cache) moveToOtherSlot(e *kentry) bool {
 	c.slots[e.slot] = nil
 	c.slots[to] = e
 	e.slot = to
+	c.churn.Moved++
 	return true
 }
 

@@ -109,3 +109,85 @@ func TestConcurrentRewrites(t *testing.T) {
 		t.Fatalf("only %d kernel answers: the test did not exercise concurrent reads", hits.Load())
 	}
 }
+
+// TestConcurrentMoves: a cache far smaller than its key set, so that fills keep evicting and
+// moving entries between their two index slots, while readers run the program. Every answer must
+// be the requested key's own whole value, never older than one whose Invalidate had returned
+// before the read began.
+func TestConcurrentMoves(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 256, MaxBytes: 64 << 20, Admission: AdmitAlways})
+	const keys = 1024
+	var staleBelow [keys]atomic.Int64
+	deadline := time.Now().Add(800 * time.Millisecond)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	var hits atomic.Int64
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for v := 1; v < 200000 && time.Now().Before(deadline); v++ {
+			k := (v * 7919) % keys
+			key := fmt.Sprintf("m%d", k)
+			if v%5 == 0 { // a write: the old version goes first
+				if err := c.Invalidate(key); err != nil {
+					errs <- err
+					return
+				}
+				staleBelow[k].Store(int64(v))
+			}
+			value := key + "|" + selfCheckingValue(v%300)
+			if err := c.Offer(server.KernelItem{Key: key, Value: []byte(value), CAS: uint64(v)}); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for i := 0; i < 200000 && time.Now().Before(deadline); i++ {
+				k := (i*31 + r) % keys
+				key := fmt.Sprintf("m%d", k)
+				floor := staleBelow[k].Load()
+				verdict, out := run(t, c.Program(), request(keysCommand("gets", key)).Bytes())
+				if verdict != xdpTX {
+					continue
+				}
+				hits.Add(1)
+				p, err := packet.Parse(out)
+				if err != nil {
+					errs <- fmt.Errorf("reply: %w", err)
+					return
+				}
+				// VALUE key 0 <n> <cas>\r\n<value>\r\nEND\r\n
+				line, rest, _ := strings.Cut(string(p.Payload[protocol.FrameHeaderLen:]), "\r\n")
+				f := strings.Fields(line)
+				value := strings.TrimSuffix(rest, "\r\nEND\r\n")
+				if len(f) != 5 || f[1] != key || !strings.HasPrefix(value, key+"|") {
+					errs <- fmt.Errorf("get %s answered %q / %.40q", key, line, value)
+					return
+				}
+				if _, err := checkValue(value[len(key)+1:]); err != nil {
+					errs <- err
+					return
+				}
+				if cas, _ := strconv.ParseInt(f[4], 10, 64); cas < floor {
+					errs <- fmt.Errorf("%s: served version %d after version %d was invalidated", key, cas, floor)
+					return
+				}
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ch := c.Churn()
+	t.Logf("%d kernel answers; churn %+v", hits.Load(), ch)
+	if hits.Load() < 100 || ch.Moved == 0 || ch.EvictedSpace == 0 {
+		t.Fatalf("%d answers, churn %+v: the test did not exercise reads during moves and evictions", hits.Load(), ch)
+	}
+}
