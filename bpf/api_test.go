@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -481,4 +482,30 @@ func TestIndexMovesBeforeEvicting(t *testing.T) {
 			t.Fatalf("%s answered after Invalidate (verdict %d)", key, v)
 		}
 	}
+}
+
+// TestFillsSkippedWhileRetiring: with retirement long, a small cache that keeps replacing its
+// keys runs out of free chunks (evicted entries keep theirs until retired) and skips fills. It
+// evicts nothing for a fill it then cannot make (it used to, losing an entry each time), and the
+// churn counters say what happened.
+func TestFillsSkippedWhileRetiring(t *testing.T) {
+	c := newTestCache(t, Options{MaxEntries: 4, MaxBytes: 64 << 20, Admission: AdmitAlways})
+	c.mu.Lock()
+	c.retireAfter = time.Hour
+	c.mu.Unlock()
+	const offers = 2000
+	value := strings.Repeat("v", 1200) // the largest chunks: fewest to a page
+	for i := range offers {
+		if err := c.Offer(item(fmt.Sprintf("r%d", i), value, 0, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch := c.Churn()
+	if ch.FillsSkipped == 0 || ch.Fills+ch.FillsSkipped != offers || ch.EvictedSpace+ch.EvictedIndex != ch.Fills-4 {
+		t.Fatalf("churn %+v for %d offers into a 4-entry cache", ch, offers)
+	}
+	if n, _ := c.Len(); n != 4 {
+		t.Fatalf("%d entries, want 4", n)
+	}
+	t.Logf("churn %+v", ch)
 }

@@ -153,6 +153,9 @@ type Churn struct {
 	RefusedFrequency uint64 // new keys the frequency policy has not seen often enough
 	RefusedVictim    uint64 // new keys not asked for more often than the entry they would evict
 	Moved            uint64 // entries moved to their other index slot to make room (no loss)
+	// FillsSkipped counts offers that would have been installed but found every chunk of their
+	// size live or waiting out retireAfter: churn faster than the arena's spare room allows.
+	FillsSkipped uint64
 }
 
 // Churn returns the cache's churn counters since it was created.
@@ -466,6 +469,23 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		return nil // another key holds this hash; keep it
 	}
 	cost := int64(chunkSizes[class] + overheadBytes)
+	if cost > c.opts.MaxBytes || c.opts.MaxEntries == 0 {
+		if old != nil {
+			c.invalidateRecord(old)
+		}
+		return nil
+	}
+	// The chunk first: evicting frees none (an evicted entry's chunk waits out retireAfter), so
+	// when there is no chunk to take, evicting for room would only lose entries.
+	loc, ok := c.slabs.alloc(class)
+	if !ok {
+		// Every chunk is live or retiring: skip this fill until retirement catches up.
+		c.churn.FillsSkipped++
+		if old != nil {
+			c.invalidateRecord(old)
+		}
+		return nil
+	}
 	if old != nil {
 		// Replacing frees old's budget once the index points elsewhere; count it now.
 		c.removeRecord(old)
@@ -475,26 +495,13 @@ func (c *Cache) Offer(it server.KernelItem) error {
 		live := v.filled >= c.flushedBefore
 		if old == nil && live && !c.policy.prefer(hash, v.hash) {
 			c.churn.RefusedVictim++
+			c.slabs.release(loc)
 			return nil // the victim is asked for at least as often: keep it
 		}
 		if live {
 			c.churn.EvictedSpace++
 		}
 		c.invalidateRecord(v)
-	}
-	if cost > c.opts.MaxBytes || c.opts.MaxEntries == 0 {
-		if old != nil {
-			c.dropFromIndex(old)
-		}
-		return nil
-	}
-	loc, ok := c.slabs.alloc(class)
-	if !ok {
-		// Every chunk is live or retiring: skip this fill until retirement catches up.
-		if old != nil {
-			c.dropFromIndex(old)
-		}
-		return nil
 	}
 	if _, err := c.arena.WriteAt(enc.chunk(len(it.Key), loc, mono, expires), int64(loc>>pageShift)*pageStride+int64(loc&(pageBytes-1))); err != nil {
 		c.slabs.release(loc) // never reachable

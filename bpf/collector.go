@@ -93,6 +93,8 @@ var (
 		"Bytes charged to the kernel cache budget.", nil, nil)
 	descFills = prometheus.NewDesc("xdpcache_kernel_fills_total",
 		"Entries installed in the kernel cache: new keys and new versions of cached ones.", nil, nil)
+	descFillsSkipped = prometheus.NewDesc("xdpcache_kernel_fills_skipped_total",
+		"Offers the kernel cache would have installed but had no free chunk for: every chunk of the size was live or waiting out its second of retirement.", nil, nil)
 	descEvictions = prometheus.NewDesc("xdpcache_kernel_evictions_total",
 		"Live entries the kernel cache dropped for a new one, by reason: space (its byte or entry limit) or index (both of the new key's index slots taken).",
 		[]string{"reason"}, nil)
@@ -123,7 +125,7 @@ func (o offCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descEvictions, descRefused, descAttached} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descFillsSkipped, descEvictions, descRefused, descAttached} {
 		ch <- d
 	}
 }
@@ -156,6 +158,7 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(b))
 	churn := k.c.Churn()
 	ch <- prometheus.MustNewConstMetric(descFills, prometheus.CounterValue, float64(churn.Fills))
+	ch <- prometheus.MustNewConstMetric(descFillsSkipped, prometheus.CounterValue, float64(churn.FillsSkipped))
 	ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(churn.EvictedSpace), "space")
 	ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(churn.EvictedIndex), "index")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(churn.RefusedFrequency), "frequency")
