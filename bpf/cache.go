@@ -795,6 +795,7 @@ func (c *Cache) Stats() (server.KernelStats, error) {
 		Hits:              counts[xdpcacheCounterCNT_HITS],
 		BytesSent:         counts[xdpcacheCounterCNT_BYTES],
 		Fills:             churn.Fills,
+		FillsSkipped:      churn.FillsSkipped,
 		Evictions:         churn.EvictedSpace + churn.EvictedIndex,
 		AdmissionsRefused: churn.RefusedFrequency + churn.RefusedVictim,
 	}, nil

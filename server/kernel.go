@@ -22,9 +22,10 @@ type KernelStats struct {
 	Hits uint64
 	// BytesSent is the UDP payload bytes of kernel replies.
 	BytesSent uint64
-	// Fills counts entries installed (new keys and new versions), Evictions live entries
-	// dropped to make room for others, AdmissionsRefused new keys the admission policy kept out.
-	Fills, Evictions, AdmissionsRefused uint64
+	// Fills counts entries installed (new keys and new versions), FillsSkipped admitted ones
+	// with no free memory, Evictions live entries dropped to make room for others,
+	// AdmissionsRefused new keys the admission policy kept out.
+	Fills, FillsSkipped, Evictions, AdmissionsRefused uint64
 }
 
 // KernelCache is the in-kernel copy of hot items that the XDP program serves. The server owns this

@@ -208,7 +208,7 @@ func TestKernelNeverServesStaleAfterAck(t *testing.T) {
 
 func TestKernelFlushAndStats(t *testing.T) {
 	k := newFakeKernel()
-	k.stats = KernelStats{Requests: 3, Hits: 5, BytesSent: 321, Fills: 9, Evictions: 4, AdmissionsRefused: 7}
+	k.stats = KernelStats{Requests: 3, Hits: 5, BytesSent: 321, Fills: 9, FillsSkipped: 2, Evictions: 4, AdmissionsRefused: 7}
 	s := startServer(t, Config{Kernel: k})
 	c := dialText(t, s.tcpAddr)
 	c.roundTrip("set a 0 0 1\r\nx\r\nget a nokey\r\n")
@@ -222,8 +222,9 @@ func TestKernelFlushAndStats(t *testing.T) {
 	}
 	st := s.Stats()
 	for name, want := range map[string]string{"kernel_get_hits": "5", "kernel_requests": "3",
-		"kernel_bytes_sent": "321", "kernel_fills": "9", "kernel_evictions": "4", "kernel_admissions_refused": "7",
-		"get_hits": "6", "get_misses": "1", "cmd_get": "7"} {
+		"kernel_bytes_sent": "321", "kernel_fills": "9", "kernel_fills_skipped": "2", "kernel_evictions": "4",
+		"kernel_admissions_refused": "7",
+		"get_hits":                  "6", "get_misses": "1", "cmd_get": "7"} {
 		if st[name] != want {
 			t.Errorf("stat %s = %q, want %q", name, st[name], want)
 		}

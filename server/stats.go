@@ -119,6 +119,7 @@ func (s *Server) generalStats() []stat {
 		{"kernel_requests", u64(ks.Requests)},
 		{"kernel_bytes_sent", u64(ks.BytesSent)},
 		{"kernel_fills", u64(ks.Fills)},
+		{"kernel_fills_skipped", u64(ks.FillsSkipped)},
 		{"kernel_evictions", u64(ks.Evictions)},
 		{"kernel_admissions_refused", u64(ks.AdmissionsRefused)},
 		{"kernel_errors", u64(st.kernelErrors.Load())},

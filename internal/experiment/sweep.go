@@ -31,6 +31,7 @@ type sweepPoint struct {
 	// entries went in, how many live ones were dropped for others, how many new keys admission
 	// kept out.
 	Fills             uint64 `json:"kernel_fills"`
+	FillsSkipped      uint64 `json:"kernel_fills_skipped"`
 	Evictions         uint64 `json:"kernel_evictions"`
 	AdmissionsRefused uint64 `json:"kernel_admissions_refused"`
 }
@@ -91,7 +92,8 @@ func runSweep(ctx context.Context, c *common, args []string) error {
 			}
 			p := sweepPoint{Theta: th, CachePercent: pc, Entries: entries, KernelShare: rep.KernelShare,
 				HitRatio: rep.HitRatio, Achieved: rep.AchievedRate, Timeouts: rep.Timeouts,
-				Fills: statUint(stats, "kernel_fills"), Evictions: statUint(stats, "kernel_evictions"),
+				Fills: statUint(stats, "kernel_fills"), FillsSkipped: statUint(stats, "kernel_fills_skipped"),
+				Evictions:         statUint(stats, "kernel_evictions"),
 				AdmissionsRefused: statUint(stats, "kernel_admissions_refused")}
 			pts = append(pts, p)
 			c.progress("sweep: theta %g, cache %g%% (%d entries): kernel share %.1f%%; kernel cache %d fills, %d evictions, %d refused",
@@ -133,12 +135,13 @@ func writeSweep(dir string, pts []sweepPoint) error {
 	}
 	w := csv.NewWriter(f)
 	w.Write([]string{"theta", "cache_percent", "entries", "kernel_share", "hit_ratio", "achieved_rate", "timeouts",
-		"kernel_fills", "kernel_evictions", "kernel_admissions_refused"})
+		"kernel_fills", "kernel_evictions", "kernel_admissions_refused", "kernel_fills_skipped"})
 	for _, p := range pts {
 		w.Write([]string{strconv.FormatFloat(p.Theta, 'g', -1, 64), strconv.FormatFloat(p.CachePercent, 'g', -1, 64),
 			strconv.Itoa(p.Entries), strconv.FormatFloat(p.KernelShare, 'f', 4, 64), strconv.FormatFloat(p.HitRatio, 'f', 4, 64),
 			strconv.FormatFloat(p.Achieved, 'f', 0, 64), strconv.FormatUint(p.Timeouts, 10),
-			strconv.FormatUint(p.Fills, 10), strconv.FormatUint(p.Evictions, 10), strconv.FormatUint(p.AdmissionsRefused, 10)})
+			strconv.FormatUint(p.Fills, 10), strconv.FormatUint(p.Evictions, 10), strconv.FormatUint(p.AdmissionsRefused, 10),
+			strconv.FormatUint(p.FillsSkipped, 10)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
