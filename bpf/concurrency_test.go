@@ -31,6 +31,27 @@ func checkValue(v string) (int, error) {
 	return strconv.Atoi(v[:10])
 }
 
+// singleValue splits the kernel's reply to a one-key get or gets into its VALUE line and its value.
+func singleValue(frame []byte) (line, value string, err error) {
+	p, err := packet.Parse(frame)
+	if err != nil {
+		return "", "", fmt.Errorf("reply: %w", err)
+	}
+	// VALUE key flags n [cas]\r\n<value>\r\nEND\r\n
+	line, rest, _ := strings.Cut(string(p.Payload[protocol.FrameHeaderLen:]), "\r\n")
+	return line, strings.TrimSuffix(rest, "\r\nEND\r\n"), nil
+}
+
+// waitAndReport waits for the test's goroutines and fails the test with each error they sent.
+func waitAndReport(t *testing.T, wg *sync.WaitGroup, errs chan error) {
+	t.Helper()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
 // TestConcurrentRewrites: writers rewrite keys through the Cache as the server does (Invalidate,
 // then Offer the new item, one writer per key) while readers run the program. Every reply must
 // hold whole values, and never a version older than one whose Invalidate had returned before the
@@ -78,15 +99,11 @@ func TestConcurrentRewrites(t *testing.T) {
 					continue
 				}
 				hits.Add(1)
-				p, err := packet.Parse(out)
+				_, value, err := singleValue(out)
 				if err != nil {
-					errs <- fmt.Errorf("reply: %w", err)
+					errs <- err
 					return
 				}
-				body := string(p.Payload[protocol.FrameHeaderLen:])
-				// VALUE key 0 <n>\r\n<value>\r\nEND\r\n
-				_, rest, _ := strings.Cut(body, "\r\n")
-				value := strings.TrimSuffix(rest, "\r\nEND\r\n")
 				ver, err := checkValue(value)
 				if err != nil {
 					errs <- err
@@ -99,11 +116,7 @@ func TestConcurrentRewrites(t *testing.T) {
 			}
 		}(r)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	waitAndReport(t, &wg, errs)
 	t.Logf("%d reads, %d answered in the kernel", reads.Load(), hits.Load())
 	if hits.Load() < 100 {
 		t.Fatalf("only %d kernel answers: the test did not exercise concurrent reads", hits.Load())
@@ -156,15 +169,12 @@ func TestConcurrentMoves(t *testing.T) {
 					continue
 				}
 				hits.Add(1)
-				p, err := packet.Parse(out)
+				line, value, err := singleValue(out) // VALUE key 0 <n> <cas>
 				if err != nil {
-					errs <- fmt.Errorf("reply: %w", err)
+					errs <- err
 					return
 				}
-				// VALUE key 0 <n> <cas>\r\n<value>\r\nEND\r\n
-				line, rest, _ := strings.Cut(string(p.Payload[protocol.FrameHeaderLen:]), "\r\n")
 				f := strings.Fields(line)
-				value := strings.TrimSuffix(rest, "\r\nEND\r\n")
 				if len(f) != 5 || f[1] != key || !strings.HasPrefix(value, key+"|") {
 					errs <- fmt.Errorf("get %s answered %q / %.40q", key, line, value)
 					return
@@ -180,11 +190,7 @@ func TestConcurrentMoves(t *testing.T) {
 			}
 		}(r)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	waitAndReport(t, &wg, errs)
 	ch := c.Churn()
 	t.Logf("%d kernel answers; churn %+v", hits.Load(), ch)
 	if hits.Load() < 100 || ch.Moved == 0 || ch.EvictedSpace == 0 {
