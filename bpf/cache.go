@@ -462,7 +462,7 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	}
 	old := c.entries[it.Key]
 	if old != nil {
-		if current(old, it, c.flushedBefore) {
+		if c.current(old, it) {
 			return nil // installed meanwhile
 		}
 	} else if c.byHash[hash] != nil {
@@ -492,16 +492,12 @@ func (c *Cache) Offer(it server.KernelItem) error {
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
 		v := c.victim()
-		live := v.filled >= c.flushedBefore
-		if old == nil && live && !c.policy.prefer(hash, v.hash) {
+		if old == nil && c.unflushed(v) && !c.policy.prefer(hash, v.hash) {
 			c.churn.RefusedVictim++
 			c.slabs.release(loc)
 			return nil // the victim is asked for at least as often: keep it
 		}
-		if live {
-			c.churn.EvictedSpace++
-		}
-		c.invalidateRecord(v)
+		c.evict(v, &c.churn.EvictedSpace)
 	}
 	if _, err := c.arena.WriteAt(enc.chunk(len(it.Key), loc, mono, expires), int64(loc>>pageShift)*pageStride+int64(loc&(pageBytes-1))); err != nil {
 		c.slabs.release(loc) // never reachable
@@ -551,12 +547,20 @@ func (c *Cache) freeSlot(hash uint64) uint32 {
 	if ref, _ := c.index.referenced(s1, c.slots[s1].loc); ref {
 		victim = s2
 	}
-	if c.slots[victim].filled >= c.flushedBefore {
-		c.churn.EvictedIndex++
-	}
-	c.invalidateRecord(c.slots[victim])
+	c.evict(c.slots[victim], &c.churn.EvictedIndex)
 	return victim
 }
+
+// evict drops e to make room, counting it in count unless a flush had already killed it.
+func (c *Cache) evict(e *kentry, count *uint64) {
+	if c.unflushed(e) {
+		*count++
+	}
+	c.invalidateRecord(e)
+}
+
+// unflushed reports whether e was filled after the last flush, so the program may still serve it.
+func (c *Cache) unflushed(e *kentry) bool { return e.filled >= c.flushedBefore }
 
 // moveToOtherSlot moves e to the other of its two index slots if that one is empty, and reports
 // whether it did. The program finds e through one slot or the other throughout (index.move).
@@ -642,7 +646,7 @@ func (c *Cache) reap(now time.Time) {
 func (c *Cache) victim() *kentry {
 	for step := 0; step < 2*len(c.ring); step++ {
 		e := c.ring[c.hand]
-		if e.filled < c.flushedBefore {
+		if !c.unflushed(e) {
 			return e
 		}
 		ref, live := c.index.referenced(e.slot, e.loc)
@@ -665,7 +669,7 @@ func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
 		return false, ErrClosed
 	}
 	if old := c.entries[it.Key]; old != nil {
-		return !current(old, it, c.flushedBefore), nil
+		return !c.current(old, it), nil
 	}
 	if c.byHash[hash] != nil {
 		return false, nil
@@ -679,9 +683,9 @@ func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
 
 // current reports whether e holds the version of it: same CAS, flags, size and expiry, filled
 // after the last flush.
-func current(e *kentry, it server.KernelItem, flushedBefore uint64) bool {
+func (c *Cache) current(e *kentry, it server.KernelItem) bool {
 	return e.cas == it.CAS && e.flags == it.Flags && e.size == len(it.Value) &&
-		e.expires.Equal(it.Expires) && e.filled >= flushedBefore
+		e.expires.Equal(it.Expires) && c.unflushed(e)
 }
 
 // FetchedBatch is how many entries one TakeFetched call examines: all of them for caches of up to
