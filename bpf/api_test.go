@@ -175,7 +175,7 @@ func TestCollectorAndStats(t *testing.T) {
 			t.Errorf("%d pass reason series, want %d", len(mf.GetMetric()), len(passReasons))
 		}
 	}
-	for i := xdpcacheCounterPASS_NOT_IP_UDP; i < xdpcacheCounterCNT_MAX; i++ {
+	for i := xdpcacheCounterPASS_NOT_IP_UDP; i <= xdpcacheCounterPASS_TO_TC; i++ {
 		if passReasons[i] == "" {
 			t.Errorf("counter %d has no reason label", i)
 		}

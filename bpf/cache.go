@@ -214,8 +214,9 @@ type Cache struct {
 	allowed       int    // prefixes in the allow-list
 	allowGen      uint32 // allow_gen in the program's .bss
 	link          link.Link
-	attachedTo    string // interface of link
-	attachedMode  Mode   // mode of link
+	tcLink        link.Link // the TC program's, on the same interface as link
+	attachedTo    string    // interface of link
+	attachedMode  Mode      // mode of link
 	statsCloser   io.Closer
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }
@@ -839,6 +840,11 @@ func (c *Cache) Close() error {
 	if c.link != nil {
 		if err := c.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach xdp: %w", err))
+		}
+	}
+	if c.tcLink != nil {
+		if err := c.tcLink.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach tc: %w", err))
 		}
 	}
 	if c.statsCloser != nil {
