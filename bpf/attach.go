@@ -41,8 +41,8 @@ func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
 	if c.link != nil {
 		return "", ErrAttached
 	}
-	// With no allow-list configured, the clients the kernel answers are the interface's own
-	// subnets (and loopback, always): allow them before the first packet can arrive.
+	// With no allow-list configured, the clients the kernel answers are loopback and the
+	// interface's own subnets: allow them before the first packet can arrive.
 	if c.opts.AllowSources == nil {
 		subnets, err := interfaceSubnets(iface)
 		if err != nil {

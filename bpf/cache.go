@@ -50,8 +50,8 @@
 //
 // # Not a reflector
 //
-// The program answers only sources in an allow-list (an LPM trie: loopback, plus
-// Options.AllowSources, or, when that is nil, the subnets of the interface it is attached to),
+// The program answers only sources in an allow-list (an LPM trie: Options.AllowSources, or, when
+// that is nil, loopback and the subnets of the interface it is attached to),
 // caps each reply at Options.MaxAmplification times its request (UDP payload bytes, the bandwidth
 // amplification factor of the literature), and rate-limits replies per source with GCRA (one
 // timestamp per source in an LRU map). Anything refused passes to the server, which applies the
@@ -94,9 +94,9 @@ type Options struct {
 	Admission  string // "always" | "frequency" (default)
 	MTU        int    // interface MTU, caps reply size; 0 = 1500
 
-	// AllowSources are the client prefixes the kernel answers, in addition to loopback
-	// (127.0.0.0/8 and ::1), which is always allowed. nil means the subnets of the interface
-	// the program is attached to; an empty non-nil slice means loopback only.
+	// AllowSources are the client prefixes the kernel answers, exactly (the server's UDP guard
+	// applies the same list). nil means loopback (127.0.0.0/8 and ::1) and the subnets of the
+	// interface the program is attached to; an empty non-nil slice answers no one.
 	AllowSources []netip.Prefix
 	// RatePerSource caps kernel replies per second to one source address; 0 is unlimited.
 	RatePerSource float64
@@ -349,8 +349,12 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		c.closeObjects()
 		return nil, err
 	}
-	allow := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-		opts.AllowSources...)
+	// The same list the server's UDP guard applies: exactly the configured one, or by default
+	// loopback and (at Attach) the interface's subnets.
+	allow := opts.AllowSources
+	if allow == nil {
+		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
 	if err := c.allow(allow); err != nil {
 		c.closeObjects()
 		return nil, err
