@@ -810,6 +810,16 @@ func (c *Cache) Stats() (server.KernelStats, error) {
 	}, nil
 }
 
+// TCHits is how many keys the TC program served: replies the XDP frame had no room for. They
+// are counted in Stats' Hits too.
+func (c *Cache) TCHits() (uint64, error) {
+	counts, err := c.counters()
+	if err != nil {
+		return 0, err
+	}
+	return counts[xdpcacheCounterCNT_TC_HITS], nil
+}
+
 // counters reads every counter, summed over CPUs.
 func (c *Cache) counters() ([xdpcacheCounterCNT_MAX]uint64, error) {
 	var out [xdpcacheCounterCNT_MAX]uint64

@@ -38,7 +38,24 @@ func newRig(t *testing.T, admission string) *rig {
 	t.Helper()
 	testenv.RequireRoot(t)
 	pair := newPassPair(t, "xce2e")
-	r := &rig{pair: pair, addr: netip.AddrPortFrom(netns.ServerIPv4, testPort)}
+	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv4, testPort))
+}
+
+// newLoopbackRig is a rig whose server and client share one namespace and talk over its lo, with
+// the program attached to lo in generic mode.
+func newLoopbackRig(t *testing.T, admission string) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	pair := newPassPair(t, "xclo")
+	one := &netns.Pair{Server: pair.Server, Client: pair.Server, ServerIf: "lo", ClientIf: "lo", MTU: pair.MTU}
+	return startRig(t, one, admission, "lo", bpf.ModeGeneric, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testPort))
+}
+
+// startRig loads and attaches the program to iface in mode inside pair's server namespace and
+// starts the Go server on addr there.
+func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.Mode, addr netip.AddrPort) *rig {
+	t.Helper()
+	r := &rig{pair: pair, addr: addr}
 
 	var tcp net.Listener
 	var udp *net.UDPConn
@@ -49,8 +66,8 @@ func newRig(t *testing.T, admission string) *rig {
 			return fmt.Errorf("load program: %w", err)
 		}
 		r.kernel = kc
-		if mode, err := kc.Attach(pair.ServerIf, bpf.Mode("native")); err != nil || mode != bpf.Mode("native") {
-			return fmt.Errorf("attach native: mode %q, %w", mode, err)
+		if got, err := kc.Attach(iface, mode); err != nil || got != mode {
+			return fmt.Errorf("attach %s to %s: mode %q, %w", mode, iface, got, err)
 		}
 		if tcp, err = net.Listen("tcp", r.addr.String()); err != nil {
 			return err
