@@ -85,7 +85,9 @@ type Config struct {
 	RatePerSource float64
 	// Burst is the token bucket size per source; 0 means the rate rounded up (at least 1).
 	Burst int
-	// MaxAmplification caps a UDP reply's bytes at this many times its request's; 0 means off.
+	// MaxAmplification caps a UDP reply's bytes at this many times its request's (frame headers
+	// included); 0 means off. A reply over the cap is replaced by "SERVER_ERROR object too large
+	// for UDP, use TCP", or by nothing if even that is over the cap.
 	MaxAmplification float64
 
 	// TCP limits against hostile clients (tcp.go).
