@@ -57,6 +57,10 @@ type Config struct {
 	MaxDatagram int
 	// Kernel is the in-kernel cache kept consistent with the store; nil means no kernel path.
 	Kernel KernelCache
+	// KernelReplyDSCP is the DSCP the kernel path marks its replies with (0: unmarked), reported
+	// in stats as kernel_reply_dscp (0 without a kernel path) so that clients such as bench can
+	// tell kernel replies apart without being told the mark.
+	KernelReplyDSCP uint8
 	// Registry receives the server's metrics; nil means no metrics.
 	Registry prometheus.Registerer
 	// Version is ours, sent after the memcached protocol version in `version`.

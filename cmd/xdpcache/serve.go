@@ -149,12 +149,13 @@ func runServe(ctx context.Context, f serveFlags) error {
 	}
 
 	srv, err := server.New(server.Config{
-		MemoryLimit: f.memoryMiB << 20,
-		MaxItemSize: maxItem,
-		ConnLimit:   f.connLimit,
-		Kernel:      kernel,
-		Registry:    reg,
-		Version:     "xdpcache-" + version,
+		MemoryLimit:     f.memoryMiB << 20,
+		MaxItemSize:     maxItem,
+		ConnLimit:       f.connLimit,
+		Kernel:          kernel,
+		KernelReplyDSCP: f.markDSCP,
+		Registry:        reg,
+		Version:         "xdpcache-" + version,
 
 		UDPReaders:          f.udpReaders,
 		Upstreams:           f.upstreams,
