@@ -23,8 +23,8 @@ func (nullKernel) Offer(server.KernelItem) error      { return nil }
 func (nullKernel) Flush(time.Time) error              { return nil }
 func (nullKernel) Stats() (server.KernelStats, error) { return server.KernelStats{}, nil }
 
-// startStatsServer runs a server on TCP only and returns its address.
-func startStatsServer(t *testing.T, cfg server.Config) string {
+// startStatsServer runs a server on TCP only until the test ends and returns it and its address.
+func startStatsServer(t *testing.T, cfg server.Config) (*server.Server, string) {
 	t.Helper()
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -36,30 +36,36 @@ func startStatsServer(t *testing.T, cfg server.Config) string {
 	}
 	go srv.ServeTCP(ln)
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv, ln.Addr().String()
+}
+
+// closedAddr is a TCP address of 127.0.0.1 where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
 	return ln.Addr().String()
 }
 
+// addrOf is a server's address alone.
+func addrOf(_ *server.Server, addr string) string { return addr }
+
 func TestServerReplyDSCP(t *testing.T) {
 	ctx := context.Background()
-	noServer := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}()
 	for _, c := range []struct {
 		name, addr string
 		want       int
 		says       string
 	}{
-		{"marked", startStatsServer(t, server.Config{Kernel: nullKernel{}, KernelReplyDSCP: 46}), 46, "DSCP 46"},
-		{"unmarked", startStatsServer(t, server.Config{Kernel: nullKernel{}}), 0, "kernel_reply_dscp 0"},
+		{"marked", addrOf(startStatsServer(t, server.Config{Kernel: nullKernel{}, KernelReplyDSCP: 46})), 46, "DSCP 46"},
+		{"unmarked", addrOf(startStatsServer(t, server.Config{Kernel: nullKernel{}})), 0, "kernel_reply_dscp 0"},
 		// The mark means nothing without a kernel path: the server reports 0.
-		{"no kernel path", startStatsServer(t, server.Config{KernelReplyDSCP: 46}), 0, "kernel_reply_dscp 0"},
+		{"no kernel path", addrOf(startStatsServer(t, server.Config{KernelReplyDSCP: 46})), 0, "kernel_reply_dscp 0"},
 		{"memcached", testenv.StartMemcached(t, false).Addr, 0, "no kernel_reply_dscp"},
-		{"no server", noServer, 0, "connection refused"},
+		{"no server", closedAddr(t), 0, "connection refused"},
 	} {
 		var stderr bytes.Buffer
 		if got := serverReplyDSCP(ctx, c.addr, &stderr); got != c.want {
@@ -73,7 +79,7 @@ func TestServerReplyDSCP(t *testing.T) {
 
 // bench without --kernel-dscp runs with the mark the server reports; an explicit flag wins.
 func TestBenchKernelDSCPFromStats(t *testing.T) {
-	addr := startStatsServer(t, server.Config{Kernel: nullKernel{}, KernelReplyDSCP: 46})
+	_, addr := startStatsServer(t, server.Config{Kernel: nullKernel{}, KernelReplyDSCP: 46})
 	for _, c := range []struct {
 		extra []string
 		want  int

@@ -113,15 +113,7 @@ func isSpace(c byte) bool {
 // digits. It returns the value (negated modulo 2^64 after '-'), the index just past the digits,
 // whether any digit was read, and whether the magnitude overflowed (ERANGE).
 func strtou(s []byte) (v uint64, end int, ok, overflow bool) {
-	i := 0
-	for i < len(s) && isSpace(s[i]) {
-		i++
-	}
-	neg := false
-	if i < len(s) && (s[i] == '+' || s[i] == '-') {
-		neg = s[i] == '-'
-		i++
-	}
+	i, neg := skipSpaceSign(s)
 	start := i
 	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
 		d := uint64(s[i] - '0')
@@ -138,6 +130,21 @@ func strtou(s []byte) (v uint64, end int, ok, overflow bool) {
 		v = -v
 	}
 	return v, i, true, overflow
+}
+
+// skipSpaceSign skips what C's strto* functions skip before the digits, leading white space and
+// one sign, and returns where the digits start and whether the sign was '-'.
+func skipSpaceSign(s []byte) (int, bool) {
+	i := 0
+	for i < len(s) && isSpace(s[i]) {
+		i++
+	}
+	neg := false
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		neg = s[i] == '-'
+		i++
+	}
+	return i, neg
 }
 
 // endOK is memcached's check after strto*: the number ends the token or is followed by white space.
@@ -204,15 +211,7 @@ func ParseInt32(s []byte) (int32, bool) {
 // or be followed by white space; refused on ERANGE, which glibc sets when the result overflows or
 // is an inexact zero or subnormal.
 func ParseDouble(s []byte) (float64, bool) {
-	i := 0
-	for i < len(s) && isSpace(s[i]) {
-		i++
-	}
-	neg := false
-	if i < len(s) && (s[i] == '+' || s[i] == '-') {
-		neg = s[i] == '-'
-		i++
-	}
+	i, neg := skipSpaceSign(s)
 	if n := floatWord(s[i:]); n > 0 {
 		if !endOK(s, i+n) {
 			return 0, false
