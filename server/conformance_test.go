@@ -177,6 +177,10 @@ var corpus = []confCase{
 	{name: "flush_all forms", req: "flush_all 0\r\nflush_all noreply\r\nflush_all x\r\nflush_all -1\r\nflush_all 0 0 0\r\n"},
 	{name: "flush_all clears", req: "set fl 0 0 1\r\nx\r\nflush_all\r\nget fl\r\nset fl 0 0 1\r\ny\r\nget fl\r\n"},
 	{name: "flush_all arity", req: "flush_all 0 noreply x\r\nflush_all noreply x\r\nflush_all 0 0\r\n"},
+	// Past memcached's 24 tokens the rest of the line is one last token.
+	{name: "30 tokens", req: "incr n 1" + manyTokens(27) + "\r\ndelete d" + manyTokens(28) + "\r\ntouch t 1" + manyTokens(27) +
+		"\r\nflush_all 0" + manyTokens(28) + "\r\nverbosity 1" + manyTokens(28) + "\r\nslabs automove 1" + manyTokens(27) +
+		"\r\nslabs automove 1" + manyTokens(26) + " noreply\r\nslabs reassign 1 0" + manyTokens(26) + "\r\nset k 0 0 1" + manyTokens(25) + "\r\nx\r\n"},
 	{name: "verbosity too many", req: "verbosity 1 noreply x\r\nverbosity 1 2\r\n"},
 	{name: "version quit shutdown extra", req: "version x\r\nshutdown x\r\n",
 		ours: "VERSION 1.6.18 xdpcache-test\r\nERROR: shutdown not enabled\r\n", theirs: "VERSION 1.6.18\r\nERROR: shutdown not enabled\r\n", why: "ours follows memcached's protocol version"},
@@ -213,6 +217,9 @@ var corpus = []confCase{
 	{name: "200 KB multiget", req: "set keyb 0 0 1\r\nb\r\ngets a " + manyKeys(8000) + " a\r\n", tcpOnly: true},
 	{name: "http", req: "GET / HTTP/1.1\r\n", closes: true, tcpOnly: true},
 }
+
+// manyTokens is n tokens, each after a space.
+func manyTokens(n int) string { return strings.Repeat(" t", n) }
 
 func manyKeys(n int) string {
 	var b strings.Builder
