@@ -110,11 +110,12 @@ type Options struct {
 
 // DefaultMaxAmplification is the reply-to-request size cap (UDP payloads, the bandwidth
 // amplification factor). memcached reflection attacks reached 10,000x and more because one small
-// get fetched megabytes; the kernel sends at most one 1400-byte datagram per request, so a
-// minimal 15-byte get could reach 93x. 64x still lets every get of a 16-byte key up to the
-// largest datagram through (a 30-byte request), and keeps what one spoofed byte buys well below
-// DNS's common 50-100x.
-const DefaultMaxAmplification = 64
+// get fetched megabytes; a one-datagram reply is at most 1400 bytes, and the shortest get
+// ("get k", 15 bytes with its frame header) could draw 93x. 100x lets every one-datagram reply
+// through for any get an allowed client sends, so ordinary values are served over UDP; what is
+// refused is the multi-datagram reply of a large value (the server answers it with a short
+// SERVER_ERROR that says to use TCP). docs/SECURITY.md has the reasoning.
+const DefaultMaxAmplification = 100
 
 // Errors.
 var (

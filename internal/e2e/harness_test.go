@@ -36,6 +36,13 @@ type rig struct {
 
 func newRig(t *testing.T, admission string) *rig {
 	t.Helper()
+	return newRigWith(t, admission, nil)
+}
+
+// newRigWith is newRig with the kernel's options and the server's configuration changed by
+// adjust, when not nil, before either starts.
+func newRigWith(t *testing.T, admission string, adjust func(*bpf.Options, *server.Config)) *rig {
+	t.Helper()
 	testenv.RequireRoot(t)
 	pair := newPassPair(t, "xce2e")
 	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv4, testPort))
@@ -57,11 +64,16 @@ func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.
 	t.Helper()
 	r := &rig{pair: pair, addr: addr}
 
+	opts := bpf.Options{Port: testPort, MaxBytes: 4 << 20, MaxEntries: 4096,
+		ReplyDSCP: testDSCP, Admission: admission, MTU: pair.MTU}
+	cfg := server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64, Version: "xdpcache-test"}
+	if adjust != nil {
+		adjust(&opts, &cfg)
+	}
 	var tcp net.Listener
 	var udp *net.UDPConn
 	if err := pair.Server.Do(func() error {
-		kc, err := bpf.New(bpf.Options{Port: testPort, MaxBytes: 4 << 20, MaxEntries: 4096,
-			ReplyDSCP: testDSCP, Admission: admission, MTU: pair.MTU})
+		kc, err := bpf.New(opts)
 		if err != nil {
 			return fmt.Errorf("load program: %w", err)
 		}
@@ -80,8 +92,8 @@ func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.
 	t.Cleanup(func() { r.kernel.Close() })
 
 	var err error
-	r.srv, err = server.New(server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64,
-		Kernel: r.kernel, Version: "xdpcache-test"})
+	cfg.Kernel = r.kernel
+	r.srv, err = server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
