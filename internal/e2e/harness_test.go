@@ -45,7 +45,7 @@ func newRigWith(t *testing.T, admission string, adjust func(*bpf.Options, *serve
 	t.Helper()
 	testenv.RequireRoot(t)
 	pair := newPassPair(t, "xce2e")
-	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv4, testPort))
+	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv4, testPort), adjust)
 }
 
 // newLoopbackRig is a rig whose server and client share one namespace and talk over its lo, with
@@ -55,12 +55,14 @@ func newLoopbackRig(t *testing.T, admission string) *rig {
 	testenv.RequireRoot(t)
 	pair := newPassPair(t, "xclo")
 	one := &netns.Pair{Server: pair.Server, Client: pair.Server, ServerIf: "lo", ClientIf: "lo", MTU: pair.MTU}
-	return startRig(t, one, admission, "lo", bpf.ModeGeneric, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testPort))
+	return startRig(t, one, admission, "lo", bpf.ModeGeneric, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testPort), nil)
 }
 
 // startRig loads and attaches the program to iface in mode inside pair's server namespace and
-// starts the Go server on addr there.
-func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.Mode, addr netip.AddrPort) *rig {
+// starts the Go server on addr there; adjust, when not nil, changes the kernel's options and the
+// server's configuration first.
+func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.Mode, addr netip.AddrPort,
+	adjust func(*bpf.Options, *server.Config)) *rig {
 	t.Helper()
 	r := &rig{pair: pair, addr: addr}
 
