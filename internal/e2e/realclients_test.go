@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bradfitz/gomemcache/memcache"
+
 	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
@@ -249,4 +251,178 @@ func fillAndHit(t *testing.T, u *udpGetter, key, want string) {
 		}
 	}
 	t.Fatalf("UDP get %s: the kernel never answered", key)
+}
+
+// gomemcacheTranscript drives c through every call gomemcache has, keys under prefix, and returns
+// one line per call with what came back (CAS uniques left out: servers number them their own way).
+func gomemcacheTranscript(c *memcache.Client, prefix string) []string {
+	var out []string
+	k := func(s string) string { return prefix + s }
+	rec := func(op string, res any, err error) {
+		e := "ok"
+		if err != nil {
+			e = err.Error()
+		}
+		out = append(out, fmt.Sprintf("%s -> %v %s", op, res, e))
+	}
+	show := func(it *memcache.Item) string {
+		if it == nil {
+			return "<nil>"
+		}
+		v := it.Value
+		if len(v) > 16 {
+			v = append(v[:16:16], fmt.Sprintf("...(%d bytes)", len(it.Value))...)
+		}
+		return fmt.Sprintf("%q flags %d", v, it.Flags)
+	}
+	get := func(op, key string) *memcache.Item {
+		it, err := c.Get(key)
+		rec(op, show(it), err)
+		return it
+	}
+
+	rec("set a", nil, c.Set(&memcache.Item{Key: k("a"), Value: []byte("alpha"), Flags: 42}))
+	get("get a", k("a"))
+	get("get missing", k("missing"))
+	rec("add a", nil, c.Add(&memcache.Item{Key: k("a"), Value: []byte("x")}))
+	rec("add b", nil, c.Add(&memcache.Item{Key: k("b"), Value: []byte("beta"), Flags: 1}))
+	rec("replace missing", nil, c.Replace(&memcache.Item{Key: k("missing"), Value: []byte("x")}))
+	rec("replace b", nil, c.Replace(&memcache.Item{Key: k("b"), Value: []byte("beta2"), Flags: 2}))
+	rec("append a", nil, c.Append(&memcache.Item{Key: k("a"), Value: []byte("-tail")}))
+	rec("prepend a", nil, c.Prepend(&memcache.Item{Key: k("a"), Value: []byte("head-")}))
+	rec("append missing", nil, c.Append(&memcache.Item{Key: k("missing"), Value: []byte("x")}))
+	it := get("get a after append, prepend", k("a"))
+	if it != nil {
+		it.Value = []byte("swapped")
+		rec("cas a", nil, c.CompareAndSwap(it))
+		it.Value = []byte("stale")
+		rec("cas a stale", nil, c.CompareAndSwap(it))
+	}
+	get("get a after cas", k("a"))
+
+	rec("set n", nil, c.Set(&memcache.Item{Key: k("n"), Value: []byte("41")}))
+	v, err := c.Increment(k("n"), 1)
+	rec("incr n", v, err)
+	v, err = c.Increment(k("n"), 1<<63)
+	rec("incr n wide", v, err)
+	v, err = c.Decrement(k("n"), 1<<64-1)
+	rec("decr n to the floor", v, err)
+	v, err = c.Increment(k("missing"), 1)
+	rec("incr missing", v, err)
+	v, err = c.Increment(k("a"), 1)
+	rec("incr non-numeric", v, err)
+
+	m, err := c.GetMulti([]string{k("a"), k("b"), k("missing")})
+	var got []string
+	for _, key := range []string{k("a"), k("b"), k("missing")} {
+		got = append(got, key+"="+show(m[key]))
+	}
+	rec("get_multi", got, err)
+
+	big := make([]byte, 512<<10)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	rec("set big", nil, c.Set(&memcache.Item{Key: k("big"), Value: big}))
+	if it := get("get big", k("big")); it != nil && string(it.Value) != string(big) {
+		out = append(out, "get big -> value differs from what was set")
+	}
+
+	rec("touch b", nil, c.Touch(k("b"), 100))
+	rec("touch missing", nil, c.Touch(k("missing"), 100))
+	it, err = c.GetAndTouch(k("b"), 100)
+	rec("gat b", show(it), err)
+	it, err = c.GetAndTouch(k("missing"), 100)
+	rec("gat missing", show(it), err)
+	rec("set expired", nil, c.Set(&memcache.Item{Key: k("e"), Value: []byte("x"), Expiration: -1}))
+	get("get expired", k("e"))
+
+	rec("delete b", nil, c.Delete(k("b")))
+	rec("delete b again", nil, c.Delete(k("b")))
+	get("get deleted", k("b"))
+	rec("ping", nil, c.Ping())
+	rec("delete all", nil, c.DeleteAll())
+	rec("flush_all", nil, c.FlushAll())
+	get("get a after flush_all", k("a"))
+	return out
+}
+
+// TestGomemcacheSameAsMemcached runs every gomemcache call against memcached and against serve
+// with the kernel path attached: each call must come back the same from both.
+func TestGomemcacheSameAsMemcached(t *testing.T) {
+	m := testenv.StartMemcached(t, false)
+	want := gomemcacheTranscript(memcache.New(m.Addr), "gomc-")
+	s := startLoServe(t, "xcgomc")
+	got := gomemcacheTranscript(memcacheClientIn(s.pair.Server, s.addr.String()), "gomc-")
+	if len(got) != len(want) {
+		t.Fatalf("serve made %d calls, memcached %d:\nserve:\n%s\nmemcached:\n%s", len(got), len(want),
+			strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("call %d\n serve:     %s\n memcached: %s", i, got[i], want[i])
+		}
+	}
+	if !t.Failed() {
+		t.Logf("%d calls, same replies:\n%s", len(want), strings.Join(want, "\n"))
+	}
+}
+
+// TestGomemcacheWritesDropKernelCopy fills the kernel cache with a key over UDP, changes it with
+// one gomemcache call over TCP, and reads it over UDP at once: every kind of write is seen, none
+// served stale from the kernel.
+func TestGomemcacheWritesDropKernelCopy(t *testing.T) {
+	s := startLoServe(t, "xcgomk")
+	mc := memcacheClientIn(s.pair.Server, s.addr.String())
+	u := newUDPGetter(t, s.pair.Server, s.addr, replyWait)
+
+	cases := []struct {
+		name  string
+		old   string
+		write func(key string) error
+		want  func(key string) string
+	}{
+		{"set", "old", func(k string) error { return mc.Set(&memcache.Item{Key: k, Value: []byte("new"), Flags: 9}) },
+			func(k string) string { return udpWant(k, 9, "new") }},
+		{"replace", "old", func(k string) error { return mc.Replace(&memcache.Item{Key: k, Value: []byte("new")}) },
+			func(k string) string { return udpWant(k, 0, "new") }},
+		{"append", "old", func(k string) error { return mc.Append(&memcache.Item{Key: k, Value: []byte("+a")}) },
+			func(k string) string { return udpWant(k, 3, "old+a") }},
+		{"prepend", "old", func(k string) error { return mc.Prepend(&memcache.Item{Key: k, Value: []byte("p+")}) },
+			func(k string) string { return udpWant(k, 3, "p+old") }},
+		{"cas", "old", func(k string) error {
+			it, err := mc.Get(k)
+			if err != nil {
+				return err
+			}
+			it.Value = []byte("swapped")
+			return mc.CompareAndSwap(it)
+		}, func(k string) string { return udpWant(k, 3, "swapped") }},
+		{"incr", "10", func(k string) error { _, err := mc.Increment(k, 5); return err },
+			func(k string) string { return udpWant(k, 3, "15") }},
+		// memcached pads a shorter decr result with spaces to the old length; so does serve.
+		{"decr", "10", func(k string) error { _, err := mc.Decrement(k, 3); return err },
+			func(k string) string { return udpWant(k, 3, "7 ") }},
+		{"delete", "old", mc.Delete, func(k string) string { return udpWant(k, 0, "") }},
+		{"touch-expired", "old", func(k string) error { return mc.Touch(k, -1) },
+			func(k string) string { return udpWant(k, 0, "") }},
+		{"gat-expired", "old", func(k string) error { _, err := mc.GetAndTouch(k, -1); return err },
+			func(k string) string { return udpWant(k, 0, "") }},
+		{"flush_all", "old", func(string) error { return mc.FlushAll() },
+			func(k string) string { return udpWant(k, 0, "") }},
+	}
+	for _, tc := range cases {
+		key := "kw-" + tc.name
+		if err := mc.Set(&memcache.Item{Key: key, Value: []byte(tc.old), Flags: 3}); err != nil {
+			t.Fatalf("%s: set: %v", tc.name, err)
+		}
+		fillAndHit(t, u, key, udpWant(key, 3, tc.old))
+		if err := tc.write(key); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		reply, kernel, err := u.do("get " + key + "\r\n")
+		if want := tc.want(key); err != nil || reply != want {
+			t.Errorf("%s: UDP get right after the write: %q (kernel %v) %v; want %q", tc.name, reply, kernel, err, want)
+		}
+	}
 }
