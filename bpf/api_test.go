@@ -106,7 +106,8 @@ func TestOfferIgnoresUnservable(t *testing.T) {
 		{"", "v"},
 		{strings.Repeat("k", 251), "v"},
 		{"sp ace", "v"},
-		{"ctl\x01", "v"},
+		{"cr\rlf", "v"},
+		{"nl\n", "v"},
 		{"big", strings.Repeat("x", 1400)},
 		{"huge", strings.Repeat("x", 1<<20)}, // rejected before it is encoded
 	} {

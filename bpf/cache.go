@@ -420,7 +420,7 @@ func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
 }
 
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
-// serve (key not printable ASCII or too long, reply over one datagram) are ignored.
+// serve (a key with a space, \r or \n, or too long; a reply over one datagram) are ignored.
 func (c *Cache) Offer(it server.KernelItem) error {
 	if !servableKey(it.Key) {
 		return nil

@@ -3,6 +3,7 @@ package bpf
 import (
 	"encoding/binary"
 	"strconv"
+	"strings"
 
 	"github.com/xdpcache/xdpcache/internal/packet"
 	"github.com/xdpcache/xdpcache/internal/protocol"
@@ -65,18 +66,11 @@ func keyHash(key string) uint64 {
 	return h ^ h>>33
 }
 
-// servableKey reports whether the program can match key: 1..250 bytes of printable ASCII, the only
-// keys it accepts in a request.
+// servableKey reports whether the program can match key: 1..250 bytes, none of them a space, "\r"
+// or "\n" (the bytes that end a key in the program's scan). memcached's text protocol accepts every
+// other byte in a key, and so do the server and the program.
 func servableKey(key string) bool {
-	if len(key) == 0 || len(key) > keyMax {
-		return false
-	}
-	for i := 0; i < len(key); i++ {
-		if key[i] < 0x21 || key[i] > 0x7e {
-			return false
-		}
-	}
-	return true
+	return len(key) > 0 && len(key) <= keyMax && strings.IndexAny(key, " \r\n") < 0
 }
 
 // classFor returns the smallest class whose chunk holds n bytes, or -1.

@@ -16,7 +16,7 @@ import (
 // datagram, canonical get/gets, every key stored, reply within one datagram.
 func modelReply(payload []byte, store map[string]server.KernelItem) ([]byte, bool) {
 	h, err := protocol.ParseFrameHeader(payload)
-	if err != nil || h.Seq != 0 || h.Total != 1 || h.Reserved != 0 {
+	if err != nil || h.Total != 1 { // memcached ignores seq and reserved
 		return nil, false
 	}
 	line, ok := strings.CutSuffix(string(payload[protocol.FrameHeaderLen:]), "\r\n")

@@ -23,6 +23,8 @@ func testStore() map[string]server.KernelItem {
 		item("big", strings.Repeat("b", 1000), 0, 15),
 		item("big2", strings.Repeat("c", 1000), 0, 16),
 		item(strings.Repeat("k", 250), "longest key", 3, 17),
+		item("\x10\x10\x10\x10\x10\x10\x10\x10memcaslap-key", "control bytes", 0, 19),
+		item("ключ\x7f\xff", "8-bit bytes", 9, 20),
 	} {
 		s[it.Key] = it
 	}
@@ -52,6 +54,7 @@ func TestProgramTable(t *testing.T) {
 		keys    []string // a hit: the keys of the reply
 		reason  xdpcacheCounter
 		mangle  func([]byte) []byte // applied to the encoded frame
+		rid     *uint16             // the reply's request id when mangle changes it; 0x1234 otherwise
 		noCheck bool
 	}
 	vlan := request(keysCommand("get", "alpha"))
@@ -78,6 +81,7 @@ func TestProgramTable(t *testing.T) {
 		return func(b []byte) []byte { binary.BigEndian.PutUint16(b[off:], v); return b }
 	}
 	const udpOff = 14 + 20
+	u16 := func(v uint16) *uint16 { return &v }
 
 	cases := []tc{
 		{name: "hit", req: request(keysCommand("get", "alpha")), keys: []string{"alpha"}},
@@ -115,14 +119,34 @@ func TestProgramTable(t *testing.T) {
 		{name: "trailing space", req: request("get alpha \r\n"), reason: xdpcacheCounterPASS_MALFORMED},
 		{name: "bare newline", req: request("get alpha\n"), reason: xdpcacheCounterPASS_MALFORMED},
 		{name: "pipelined", req: request("get alpha\r\nget beta\r\n"), reason: xdpcacheCounterPASS_MALFORMED},
-		{name: "control byte in key", req: request("get al\tpha\r\n"), reason: xdpcacheCounterPASS_MALFORMED},
+		// memcached splits keys on spaces only: control and 8-bit bytes are key bytes.
+		{name: "control byte in key miss", req: request("get al\tpha\r\n"), reason: xdpcacheCounterPASS_MISS},
+		{name: "control bytes in key", req: request(keysCommand("get", "\x10\x10\x10\x10\x10\x10\x10\x10memcaslap-key")), keys: []string{"\x10\x10\x10\x10\x10\x10\x10\x10memcaslap-key"}},
+		{name: "8-bit bytes in key", req: request(keysCommand("gets", "alpha", "ключ\x7f\xff")), gets: true, keys: []string{"alpha", "ключ\x7f\xff"}},
+		{name: "carriage return in key", req: request("get al\rpha\r\n"), reason: xdpcacheCounterPASS_MALFORMED},
+		{name: "nul byte ends no key", req: request("get al\x00pha\r\n"), reason: xdpcacheCounterPASS_MISS},
 		{name: "no line end", req: request("get alpha"), reason: xdpcacheCounterPASS_MALFORMED},
-		{name: "frame seq 1", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_NOT_FRAMED,
+		// The frame header as memcached reads it: only "1 datagram in total" is checked; the
+		// sequence number and the reserved bytes are ignored, and the reply's frame is always
+		// the request id, seq 0, total 1, reserved 0.
+		{name: "frame request id 0", req: request(keysCommand("get", "alpha")), keys: []string{"alpha"}, rid: u16(0),
+			mangle: setU16(udpOff+8, 0)},
+		{name: "frame request id ffff", req: request(keysCommand("get", "alpha")), keys: []string{"alpha"}, rid: u16(0xffff),
+			mangle: setU16(udpOff+8, 0xffff)},
+		{name: "frame seq 1", req: request(keysCommand("get", "alpha")), keys: []string{"alpha"},
 			mangle: setU16(udpOff+8+2, 1)},
+		{name: "frame seq ffff", req: request(keysCommand("gets", "beta", "odd")), gets: true, keys: []string{"beta", "odd"},
+			mangle: setU16(udpOff+8+2, 0xffff)},
+		{name: "frame reserved memcaslap", req: request(keysCommand("get", "alpha")), keys: []string{"alpha"},
+			mangle: setU16(udpOff+8+6, 0x0100)},
+		{name: "frame reserved ffff", req: request(keysCommand("get", "big")), keys: []string{"big"},
+			mangle: setU16(udpOff+8+6, 0xffff)},
+		{name: "frame total 0", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_NOT_FRAMED,
+			mangle: setU16(udpOff+8+4, 0)},
 		{name: "frame total 2", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_NOT_FRAMED,
 			mangle: setU16(udpOff+8+4, 2)},
-		{name: "frame reserved", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_NOT_FRAMED,
-			mangle: setU16(udpOff+8+6, 1)},
+		{name: "frame total 0100", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_NOT_FRAMED,
+			mangle: setU16(udpOff+8+4, 0x0100)},
 		{name: "udp length short", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_MALFORMED,
 			mangle: setU16(udpOff+4, 20)},
 		{name: "ip length long", req: request(keysCommand("get", "alpha")), reason: xdpcacheCounterPASS_MALFORMED,
@@ -160,7 +184,11 @@ func TestProgramTable(t *testing.T) {
 			if verdict != xdpTX {
 				t.Fatalf("verdict %d, want XDP_TX; counters %v", verdict, d)
 			}
-			want := reply(0x1234, store, tc.gets, tc.keys...)
+			rid := uint16(0x1234)
+			if tc.rid != nil {
+				rid = *tc.rid
+			}
+			want := reply(rid, store, tc.gets, tc.keys...)
 			p := checkReply(t, tc.req, out, want)
 			if p.TOS != tc.req.TOS {
 				t.Errorf("TOS %#x changed with the mark off", p.TOS)

@@ -3,7 +3,7 @@
 /* cache.c: the XDP program that answers memcached UDP get/gets hits from the kernel cache.
  *
  * A request is answered only when it is one whole datagram (frame seq 0 of 1), a get or gets in
- * canonical form ("get k1 k2\r\n", single spaces, printable keys), every key has a live entry, the
+ * canonical form ("get k1 k2\r\n", single spaces), every key has a live entry, the
  * reply fits one datagram and the MTU, it is no more than cfg_max_amp_x16/16 times the request,
  * the source is allowed and within its rate. The first pass finds every key and sums the reply's
  * size and checksum without touching the packet; only once every check has passed is the packet
@@ -84,13 +84,21 @@ static __always_inline __u64 hash_final(__u64 h, __u32 n)
 	return h ^ (h >> 33);
 }
 
-/* nonprint has bit 7 set in every byte of w outside 0x21..0x7e. No carry crosses a byte: each
- * addend works on the low 7 bits. */
-static __always_inline __u64 nonprint(__u64 w)
+/* has_byte sets bit 7 of the bytes of w equal to c. The lowest flagged byte is always a real
+ * match: a borrow can flag bytes above a match, never below one. */
+static __always_inline __u64 has_byte(__u64 w, __u64 c)
 {
-	__u64 lo = w & ~HIGHS;
+	__u64 x = w ^ (c * ONES);
 
-	return (w & HIGHS) | (~(lo + 0x5f * ONES) & HIGHS) | ((lo + ONES) & HIGHS);
+	return (x - ONES) & ~x & HIGHS;
+}
+
+/* key_end flags the bytes of w that end a key as memcached splits a line: a space, or the "\r"
+ * or "\n" of the line end. Every other byte, control and 8-bit bytes included, belongs to the
+ * key, as memcached and the Go server accept it. Only the lowest flag is exact (has_byte). */
+static __always_inline __u64 key_end(__u64 w)
+{
+	return has_byte(w, ' ') | has_byte(w, '\r') | has_byte(w, '\n');
 }
 
 /* first_byte is the index of the lowest byte flagged in m (bit 7 of bytes only, m != 0). */
@@ -102,11 +110,11 @@ static __always_inline __u32 first_byte(__u64 m)
 }
 
 /* tail_word reads the payload bytes from off up to end (fewer than 8) as the low bytes of a word,
- * zeros (non-printable) above them. It reads the 8 bytes that end at end, which lie in the packet
+ * spaces (a key's end) above them. It reads the 8 bytes that end at end, which lie in the packet
  * because the frame header precedes the command. Bytes past end (link padding) are never read. */
 static __always_inline int tail_word(void *data, void *data_end, __u32 off, __u32 end, __u64 *w)
 {
-	__u32 start;
+	__u32 start, have;
 	__u8 *p;
 
 	if (off >= end || end - off >= 8 || end < 8 + FRAME_LEN)
@@ -116,7 +124,8 @@ static __always_inline int tail_word(void *data, void *data_end, __u32 off, __u3
 	p = data + start;
 	if ((void *)(p + 8) > data_end)
 		return -1;
-	*w = *(__u64 *)p >> ((8 - (end - off)) * 8);
+	have = (end - off) * 8;
+	*w = (*(__u64 *)p >> (64 - have)) | ((' ' * ONES) << have);
 	return 0;
 }
 
@@ -253,13 +262,13 @@ static __always_inline int scan_key_in(struct xdp_md *ctx, struct scratch *st)
 		if (off + 8 > end) {
 			if (tail_word(data, data_end, off, end, &x))
 				return -PASS_MALFORMED;
-			bad = nonprint(x); /* never 0: the padding bytes are flagged */
+			bad = key_end(x); /* never 0: the padding bytes are flagged */
 		} else {
 			p = data + off;
 			if ((void *)(p + 8) > data_end)
 				return -PASS_MALFORMED;
 			x = *(__u64 *)p;
-			bad = nonprint(x);
+			bad = key_end(x);
 			if (!bad) {
 				st->key[w] = x;
 				h = hash_word(h, x);
@@ -531,7 +540,8 @@ static __always_inline int build_headers(struct xdp_md *ctx, const struct l4_inf
 	if (l3 == 18)
 		vlan_tail = *(__u32 *)(s + 14);
 	ports = *(__u32 *)sl4;
-	frame = *(__u64 *)(sl4 + 8);
+	/* Request id kept; seq 0, total 1, reserved 0 (little-endian load: total is bytes 4-5). */
+	frame = (*(__u64 *)(sl4 + 8) & 0xffff) | (0x0100ULL << 32);
 	/* Pseudo-header protocol and length, and the UDP length word (checksum zero). */
 	le = (__u64)ports + bpf_htons(ulen) + bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
 	if (l4->ipv6) {
@@ -716,7 +726,10 @@ static __always_inline int handle_request(struct xdp_md *ctx)
 	fr = data + ((l4.l4_off + sizeof(struct udphdr)) & 0xff);
 	if ((void *)(fr + 1) > data_end)
 		return pass(PASS_MALFORMED);
-	if (fr->seq != 0 || fr->total != bpf_htons(1) || fr->reserved != 0)
+	/* memcached reads a request only from a datagram whose frame says "1 datagram" and ignores
+	 * the sequence number and the reserved bytes (clients set them: libmemcached's memcaslap
+	 * puts 1 in the reserved field); the reply's frame is the request id, seq 0 of 1, 0. */
+	if (fr->total != bpf_htons(1))
 		return pass(PASS_NOT_FRAMED);
 
 	st = get_scratch();

@@ -18,7 +18,7 @@ enum counter {
 	PASS_IP_OPTIONS,     /* IPv4 header with options */
 	PASS_IPV6_EXT,       /* IPv6 extension headers */
 	PASS_FRAGMENT,       /* IP fragment */
-	PASS_NOT_FRAMED,     /* no memcached frame header, or not seq 0 of 1 with reserved 0 */
+	PASS_NOT_FRAMED,     /* no memcached frame header, or one that does not say 1 datagram */
 	PASS_NOT_GET,        /* a command other than get/gets */
 	PASS_KEY_TOO_LONG,   /* a key over 250 bytes */
 	PASS_TOO_MANY_KEYS,  /* more keys than the program handles in one request */
