@@ -127,6 +127,17 @@ func checkMemcaslap(t *testing.T, res map[string]int64, udp bool) {
 	}
 }
 
+// checkKernelShare fails the test unless the kernel answered at least half of memcaslap's UDP
+// gets: with a window of 1000 keys per client most gets read a key already read once, which the
+// first read copied into the kernel cache.
+func checkKernelShare(t *testing.T, kernelHits, gets int64) {
+	t.Helper()
+	t.Logf("kernel answered %d of memcaslap's %d UDP gets", kernelHits, gets)
+	if kernelHits <= 0 || kernelHits < gets/2 {
+		t.Errorf("kernel_get_hits rose by %d during memcaslap's UDP run of %d gets, want at least half", kernelHits, gets)
+	}
+}
+
 // TestMemcaslap runs libmemcached's load tool with verification over TCP and UDP: against
 // memcached, which shows what a clean run looks like, then against serve with the kernel path on
 // lo (generic mode) and on a veth in native mode. Over UDP the kernel must answer part of the
@@ -148,11 +159,7 @@ func TestMemcaslap(t *testing.T) {
 		hits := s.stat(t, "kernel_get_hits")
 		res := memcaslapRun(t, s.pair.Server, s.addr.String(), true)
 		checkMemcaslap(t, res, true)
-		kernel := s.stat(t, "kernel_get_hits") - hits
-		t.Logf("kernel answered %d of memcaslap's %d UDP gets", kernel, res["cmd_get"])
-		if kernel <= 0 {
-			t.Errorf("kernel_get_hits rose by %d during memcaslap's UDP run, want > 0", kernel)
-		}
+		checkKernelShare(t, s.stat(t, "kernel_get_hits")-hits, res["cmd_get"])
 	})
 
 	t.Run("serve-veth-native", func(t *testing.T) {
@@ -168,11 +175,7 @@ func TestMemcaslap(t *testing.T) {
 		hits := stat()
 		res := memcaslapRun(t, r.pair.Client, r.addr.String(), true)
 		checkMemcaslap(t, res, true)
-		kernel := stat() - hits
-		t.Logf("kernel answered %d of memcaslap's %d UDP gets", kernel, res["cmd_get"])
-		if kernel <= 0 {
-			t.Errorf("kernel_get_hits rose by %d during memcaslap's UDP run, want > 0", kernel)
-		}
+		checkKernelShare(t, stat()-hits, res["cmd_get"])
 	})
 }
 
