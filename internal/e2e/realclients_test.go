@@ -43,7 +43,13 @@ type loServe struct {
 func startLoServe(t *testing.T, prefix string, extra ...string) *loServe {
 	t.Helper()
 	testenv.RequireRoot(t)
-	s := &loServe{pair: newPassPair(t, prefix), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loPort)}
+	return startLoServeOn(t, newPassPair(t, prefix), extra...)
+}
+
+// startLoServeOn is startLoServe in the server namespace of an existing pair.
+func startLoServeOn(t *testing.T, pair *netns.Pair, extra ...string) *loServe {
+	t.Helper()
+	s := &loServe{pair: pair, addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loPort)}
 	args := append([]string{"-l", "127.0.0.1", "-p", strconv.Itoa(loPort), "-U", strconv.Itoa(loPort),
 		"--xdp-iface", "lo", "--xdp-mode", "generic", "--admission", "always",
 		"--mark-kernel-replies", strconv.Itoa(testDSCP), "--log-format", "json"}, extra...)
