@@ -5,7 +5,8 @@ CLANG ?= clang-19
 export CLANG
 
 # Debian packages the build, tests, benchmarks and demo need. `make deps` installs the missing ones.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool jq
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool jq \
+	nutcracker python3 python3-pymemcache python3-pylibmc
 BIN := bin/xdpcache
 
 .DEFAULT_GOAL := help
@@ -20,8 +21,9 @@ deps: ## Install missing Debian packages (needs root) and download Go modules.
 		echo "make deps: installing$$missing" >&2; \
 		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
 	fi
-	@# memcached's Debian package starts a system daemon on 11211; the tests start their own.
-	@systemctl stop memcached >/dev/null 2>&1 || true
+	@# memcached's and nutcracker's Debian packages start system daemons (11211, 22121/22222); the
+	@# tests start their own.
+	@for s in memcached nutcracker; do systemctl stop $$s >/dev/null 2>&1 || true; done
 	$(GO) mod download
 
 build: ## Build bin/xdpcache.
