@@ -75,7 +75,9 @@ func startCheckLive(t *testing.T, bin, seconds string) *checkLive {
 	w.cmd = exec.Command("grafana/check-live.sh", seconds)
 	w.cmd.Env = append(os.Environ(), "XDPCACHE_BIN="+bin)
 	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
-	if err := w.cmd.Start(); err != nil {
+	// Should the test process die, the script gets SIGTERM and cleans up after itself.
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := testenv.StartChild(w.cmd); err != nil {
 		t.Fatalf("start check-live.sh: %v", err)
 	}
 	w.ns = fmt.Sprintf("xdpcache-dash-%d", w.cmd.Process.Pid)

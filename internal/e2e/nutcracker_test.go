@@ -208,7 +208,8 @@ func udpWantItem(t *testing.T, mc *memcache.Client, key string) string {
 }
 
 // startNutcracker runs nutcracker with conf in the rig's server namespace, its log and pid file in
-// dir and its stats port on that namespace's lo; it is killed when the test ends.
+// dir and its stats port on that namespace's lo; it is killed when the test ends, or with the test
+// process.
 func startNutcracker(t *testing.T, r *rig, bin, conf, dir string) *serveProc {
 	t.Helper()
 	p := &serveProc{log: &syncBuffer{}, done: make(chan struct{})}
@@ -216,7 +217,7 @@ func startNutcracker(t *testing.T, r *rig, bin, conf, dir string) *serveProc {
 		"--output", filepath.Join(dir, "nutcracker.log"), "--pid-file", filepath.Join(dir, "nutcracker.pid"),
 		"--stats-port", "22222", "--stats-addr", "127.0.0.1")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
+	if err := testenv.StartChild(p.cmd); err != nil {
 		t.Fatalf("start nutcracker: %v", err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()

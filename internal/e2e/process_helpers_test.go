@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/xdpcache/xdpcache/internal/netns"
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // Helpers for tests that run the real `xdpcache serve` binary in the server namespace.
@@ -104,14 +105,14 @@ func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 
 // startServeIn runs `xdpcache serve args...` inside ns and waits until ready reports true and, when
 // iface is not empty, an XDP program is attached to iface there. The process is killed when the
-// test ends.
+// test ends, or with the test process.
 func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, args ...string) *serveProc {
 	t.Helper()
 	args = append([]string{"netns", "exec", ns.Name, xdpcacheBinary(t), "serve"}, args...)
 	// `ip netns exec` execs the command in place: the PID is serve's own, so Kill reaches it.
 	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
+	if err := testenv.StartChild(p.cmd); err != nil {
 		t.Fatalf("start serve: %v", err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
