@@ -5,7 +5,8 @@ CLANG ?= clang-19
 export CLANG
 
 # Debian packages the build, tests, benchmarks and demo need. `make deps` installs the missing ones.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool jq
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev memcached libmemcached-tools iproute2 ethtool jq \
+	nutcracker python3 python3-pymemcache python3-pylibmc prometheus
 BIN := bin/xdpcache
 
 .DEFAULT_GOAL := help
@@ -19,9 +20,12 @@ deps: ## Install missing Debian packages (needs root) and download Go modules.
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; exit 1; fi; \
 		echo "make deps: installing$$missing" >&2; \
 		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+		case " $$missing " in *" prometheus "*) systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true;; esac; \
 	fi
-	@# memcached's Debian package starts a system daemon on 11211; the tests start their own.
-	@systemctl stop memcached >/dev/null 2>&1 || true
+	@# Debian's packages start system daemons the tests do not want: memcached on 11211 and nutcracker
+	@# on 22121 (always stopped), prometheus on 9090 with node-exporter on 9100 (stopped only when
+	@# installed here: a Prometheus already running is the machine's own). The tests start their own.
+	@for s in memcached nutcracker; do systemctl stop $$s >/dev/null 2>&1 || true; done
 	$(GO) mod download
 
 build: ## Build bin/xdpcache.

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.IgnoreSpawner()) }
 
 // quick is a short configuration against addr with no load phase and no warmup, so that every
 // request the fake server sees is in the measured window.

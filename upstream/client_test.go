@@ -16,7 +16,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.IgnoreSpawner()) }
 
 func newCluster(t *testing.T, cfg Config) *Cluster {
 	t.Helper()

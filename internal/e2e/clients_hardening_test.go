@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/server"
 )
@@ -31,12 +33,18 @@ type textClient struct {
 // dialText opens a text protocol connection from the rig's client namespace.
 func (r *rig) dialText(t testing.TB) *textClient {
 	t.Helper()
+	return dialTextIn(t, r.pair.Client, r.addr.String())
+}
+
+// dialTextIn opens a text protocol connection to addr from inside ns.
+func dialTextIn(t testing.TB, ns *netns.NS, addr string) *textClient {
+	t.Helper()
 	var conn net.Conn
-	if err := r.pair.Client.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", r.addr.String(), 2*time.Second)
+	if err := ns.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", addr, 2*time.Second)
 		return err
 	}); err != nil {
-		t.Fatalf("dial %s: %v", r.addr, err)
+		t.Fatalf("dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return &textClient{conn: conn, r: bufio.NewReader(conn)}
@@ -171,9 +179,15 @@ type udpGetter struct {
 
 func (r *rig) udpGetter(t testing.TB, wait time.Duration) *udpGetter {
 	t.Helper()
+	return newUDPGetter(t, r.pair.Client, r.addr, wait)
+}
+
+// newUDPGetter opens the getter's socket inside ns, connected to addr.
+func newUDPGetter(t testing.TB, ns *netns.NS, addr netip.AddrPort, wait time.Duration) *udpGetter {
+	t.Helper()
 	var c *net.UDPConn
-	if err := r.pair.Client.Do(func() (err error) {
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.addr))
+	if err := ns.Do(func() (err error) {
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
 		t.Fatalf("client socket: %v", err)
@@ -185,7 +199,7 @@ func (r *rig) udpGetter(t testing.TB, wait time.Duration) *udpGetter {
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		if r.addr.Addr().Is4() {
+		if addr.Addr().Is4() {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1)
 		} else {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS, 1)

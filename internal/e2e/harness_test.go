@@ -148,10 +148,15 @@ func newPassPair(t *testing.T, prefix string) *netns.Pair {
 
 // memcacheClient is a gomemcache client whose connections are opened in the client namespace.
 func (r *rig) memcacheClient() *memcache.Client {
-	c := memcache.New(r.addr.String())
+	return memcacheClientIn(r.pair.Client, r.addr.String())
+}
+
+// memcacheClientIn is a gomemcache client of servers whose connections are opened inside ns.
+func memcacheClientIn(ns *netns.NS, servers ...string) *memcache.Client {
+	c := memcache.New(servers...)
 	c.Timeout = 2 * time.Second
 	c.DialContext = func(ctx context.Context, network, address string) (conn net.Conn, err error) {
-		err = r.pair.Client.Do(func() error {
+		err = ns.Do(func() error {
 			var d net.Dialer
 			conn, err = d.DialContext(ctx, network, address)
 			return err

@@ -6,12 +6,14 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // Every server, client and namespace helper a test starts must be gone when the tests end; the
 // serve binary built for the process tests goes too.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+	goleak.VerifyTestMain(m, testenv.IgnoreSpawner(), goleak.Cleanup(func(code int) {
 		if binPath != "" {
 			os.RemoveAll(filepath.Dir(binPath))
 		}

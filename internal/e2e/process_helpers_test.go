@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/xdpcache/xdpcache/internal/netns"
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 // Helpers for tests that run the real `xdpcache serve` binary in the server namespace.
@@ -95,14 +96,23 @@ func (s *syncBuffer) String() string {
 // on) plus extra flags, and waits until it answers TCP and the program is attached.
 func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 	t.Helper()
-	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve",
-		"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
+	args := append([]string{"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
 		"--xdp-iface", r.pair.ServerIf, "--xdp-mode", "native", "--mark-kernel-replies", strconv.Itoa(testDSCP),
 		"--admission", "always", "--metrics-addr", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort),
 		"--log-format", "json"}, extra...)
+	return startServeIn(t, r.pair.Server, r.pair.ServerIf, r.serveReady, args...)
+}
+
+// startServeIn runs `xdpcache serve args...` inside ns and waits until ready reports true and, when
+// iface is not empty, an XDP program is attached to iface there. The process is killed when the
+// test ends, or with the test process.
+func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, args ...string) *serveProc {
+	t.Helper()
+	args = append([]string{"netns", "exec", ns.Name, xdpcacheBinary(t), "serve"}, args...)
+	// `ip netns exec` execs the command in place: the PID is serve's own, so Kill reaches it.
 	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
+	if err := testenv.StartChild(p.cmd); err != nil {
 		t.Fatalf("start serve: %v", err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
@@ -124,8 +134,8 @@ func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 			t.Fatalf("serve exited before it was ready: %v\n%s", p.err, tail(p.log.String(), 4096))
 		default:
 		}
-		if r.serveReady() {
-			if r.xdpAttached(t) {
+		if ready() {
+			if iface == "" || xdpAttachedIn(t, ns, iface) {
 				return p
 			}
 			// serve runs on without the kernel path when it cannot load or attach it.
@@ -141,10 +151,13 @@ func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 }
 
 // serveReady reports whether the server answers `version` over TCP from the client namespace.
-func (r *rig) serveReady() bool {
+func (r *rig) serveReady() bool { return serveReadyIn(r.pair.Client, r.addr.String()) }
+
+// serveReadyIn reports whether a server answers `version` over TCP at addr from inside ns.
+func serveReadyIn(ns *netns.NS, addr string) bool {
 	var ok bool
-	_ = r.pair.Client.Do(func() error {
-		c, err := net.DialTimeout("tcp", r.addr.String(), 200*time.Millisecond)
+	_ = ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
 			return err
 		}
@@ -163,9 +176,15 @@ func (r *rig) serveReady() bool {
 // xdpAttached reports whether an XDP program is attached to the server veth.
 func (r *rig) xdpAttached(t *testing.T) bool {
 	t.Helper()
+	return xdpAttachedIn(t, r.pair.Server, r.pair.ServerIf)
+}
+
+// xdpAttachedIn reports whether an XDP program is attached to iface in ns.
+func xdpAttachedIn(t *testing.T, ns *netns.NS, iface string) bool {
+	t.Helper()
 	var attached bool
-	if err := r.pair.Server.Do(func() error {
-		l, err := netlink.LinkByName(r.pair.ServerIf)
+	if err := ns.Do(func() error {
+		l, err := netlink.LinkByName(iface)
 		if err != nil {
 			return err
 		}
@@ -173,7 +192,7 @@ func (r *rig) xdpAttached(t *testing.T) bool {
 		attached = x != nil && (x.Attached || x.ProgId != 0)
 		return nil
 	}); err != nil {
-		t.Fatalf("read %s: %v", r.pair.ServerIf, err)
+		t.Fatalf("read %s in %s: %v", iface, ns.Name, err)
 	}
 	return attached
 }

@@ -42,7 +42,7 @@ type Memcached struct {
 	cmd  *exec.Cmd
 }
 
-// StartMemcached runs memcached on a free port with TCP, UDP on the same port when udp is set,
+// StartMemcached runs memcached (killed with the test process, however it ends) on a free port with TCP, UDP on the same port when udp is set,
 // one worker thread unless extra says otherwise (memcached takes the last -t), and the extra
 // arguments. It is stopped when the test ends.
 func StartMemcached(t testing.TB, udp bool, extra ...string) *Memcached {
@@ -69,7 +69,7 @@ func (m *Memcached) Start() {
 	var stderr bytes.Buffer
 	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Stderr = &stderr
-	if err := m.cmd.Start(); err != nil {
+	if err := StartChild(m.cmd); err != nil {
 		m.t.Fatalf("start memcached: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
