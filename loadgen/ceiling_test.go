@@ -19,7 +19,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-// BenchmarkCeiling measures the generator's own ceiling (issue #4): open loop, one P, against the
+// BenchmarkCeiling measures the generator's own ceiling: open loop, one P, against the
 // bare XDP echo program on lo in generic mode, compared in the same run with a bare batched
 // closed-loop UDP client, the most a single core can push through the same path. Run it pinned to
 // one CPU and once (scripts/experiment-ceiling.sh does both):

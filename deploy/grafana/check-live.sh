@@ -6,7 +6,7 @@
 #
 # Needs root (XDP, a network namespace), go, python3 and prometheus (Debian: apt-get install
 # prometheus). Everything runs inside a namespace it creates and deletes; nothing listens outside.
-# Usage: sudo deploy/grafana/check-live.sh [seconds of load, default 40]
+# Usage: deploy/grafana/check-live.sh [seconds of load, default 40]
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
