@@ -703,7 +703,7 @@ func (c *Cache) TakeFetched(fn func(key string)) {
 	total := -1 // entries this call examines, fixed at the first chunk
 	for done := 0; total < 0 || done < total; {
 		// A chunk at a time: Invalidate, on every write's path, waits for the lock at most
-		// one chunk's walk (~20 µs), not the whole batch's.
+		// one chunk's walk, not the whole batch's.
 		c.mu.Lock()
 		if c.closed || len(c.ring) == 0 {
 			c.mu.Unlock()

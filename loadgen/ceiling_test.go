@@ -28,7 +28,7 @@ import (
 //
 // Five rounds alternate the bare client and the generator offered the rate the bare client just
 // reached. Metrics: baseline_req/s (median bare rate), open_ratio (median of each round's
-// achieved/bare; the issue asks for at least 0.8), max_req/s (generator offered 1.5x the median:
+// achieved/bare; the target is at least 0.8), max_req/s (generator offered 1.5x the median:
 // what it achieves when pushed), lag_p99_at_0.8_us (send lag at 0.8x the median, where the
 // schedule should hold).
 func BenchmarkCeiling(b *testing.B) {

@@ -72,7 +72,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	if *rounds < 1 {
 		return fmt.Errorf("%w: rounds %d", ErrUsage, *rounds)
 	}
-	// The per-GET figures move 20-40% from one run to the next (cold caches, the other core's
+	// The per-GET figures move a lot from one run to the next (cold caches, the other core's
 	// load), so every case runs in each round, in alternating order, and the ratios are medians.
 	var results []cpuResult
 	for round := 1; round <= *rounds; round++ {
