@@ -77,12 +77,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 var (
-	_ server.KernelCache   = (*Cache)(nil)
-	_ server.KernelFetches = (*Cache)(nil)
+	_ kernelcache.Cache   = (*Cache)(nil)
+	_ kernelcache.Fetches = (*Cache)(nil)
 )
 
 // Options configure the kernel cache.
@@ -188,7 +188,7 @@ type retired struct {
 }
 
 // Cache is the kernel cache: the loaded program, its maps and userspace's bookkeeping. It
-// implements server.KernelCache and is safe for concurrent use.
+// implements kernelcache.Cache and is safe for concurrent use.
 type Cache struct {
 	opts        Options
 	retireAfter time.Duration // see the constant; tests of sequential runs shorten it
@@ -427,7 +427,7 @@ func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
 
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
 // serve (a key with a space, \r or \n, or too long; a reply over one datagram) are ignored.
-func (c *Cache) Offer(it server.KernelItem) error {
+func (c *Cache) Offer(it kernelcache.Item) error {
 	if !servableKey(it.Key) {
 		return nil
 	}
@@ -668,7 +668,7 @@ func (c *Cache) victim() *kentry {
 // wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
 // already holds this version, when another key holds its hash, or when the admission policy
 // refuses a new key.
-func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
+func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -689,7 +689,7 @@ func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
 
 // current reports whether e holds the version of it: same CAS, flags, size and expiry, filled
 // after the last flush.
-func (c *Cache) current(e *kentry, it server.KernelItem) bool {
+func (c *Cache) current(e *kentry, it kernelcache.Item) bool {
 	return e.cas == it.CAS && e.flags == it.Flags && e.size == len(it.Value) &&
 		e.expires.Equal(it.Expires) && c.unflushed(e)
 }
@@ -699,7 +699,7 @@ func (c *Cache) current(e *kentry, it server.KernelItem) bool {
 const FetchedBatch = 1 << 18
 
 // TakeFetched calls fn with the key of each entry the program has served since the last call
-// that examined it (server.KernelFetches), and clears those marks. Without it the store would see
+// that examined it (kernelcache.Fetches), and clears those marks. Without it the store would see
 // no fetches of a key the kernel answers, and evict the hottest keys first. fn runs after the
 // cache's lock is released, so it may take the store's locks (whose hook calls Invalidate). The
 // ring may change between calls, so an entry can be skipped once or seen twice: the marks, not
@@ -709,7 +709,7 @@ func (c *Cache) TakeFetched(fn func(key string)) {
 	total := -1 // entries this call examines, fixed at the first chunk
 	for done := 0; total < 0 || done < total; {
 		// A chunk at a time: Invalidate, on every write's path, waits for the lock at most
-		// one chunk's walk (~20 µs), not the whole batch's.
+		// one chunk's walk, not the whole batch's.
 		c.mu.Lock()
 		if c.closed || len(c.ring) == 0 {
 			c.mu.Unlock()
@@ -794,13 +794,13 @@ func (c *Cache) setFlushedBefore(t uint64) error {
 }
 
 // Stats sums the kernel counters over CPUs.
-func (c *Cache) Stats() (server.KernelStats, error) {
+func (c *Cache) Stats() (kernelcache.Stats, error) {
 	counts, err := c.counters()
 	if err != nil {
-		return server.KernelStats{}, err
+		return kernelcache.Stats{}, err
 	}
 	churn := c.Churn()
-	return server.KernelStats{
+	return kernelcache.Stats{
 		Requests:          counts[xdpcacheCounterCNT_REQUESTS],
 		Hits:              counts[xdpcacheCounterCNT_HITS],
 		BytesSent:         counts[xdpcacheCounterCNT_BYTES],

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/packet"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 // Invariant 7, "not a reflector": the allow-list, the per-source rate and the amplification cap,
@@ -174,7 +174,7 @@ func TestRateLimitRefills(t *testing.T) {
 
 func TestAmplificationCap(t *testing.T) {
 	c := newTestCache(t, Options{MaxAmplification: 10})
-	store := map[string]server.KernelItem{
+	store := map[string]kernelcache.Item{
 		"small": item("small", "v", 0, 1),
 		"big":   item("big", strings.Repeat("b", 300), 0, 2),
 	}

@@ -17,7 +17,7 @@ run go test ./server -run '^$' -bench 'VsMemcached' -benchtime 200000x -count 3
 if [ "$(id -u)" = 0 ]; then
 	run go test ./bpf -run '^$' -bench 'CacheVsEcho' -count 3
 else
-	echo "bench: skipping the XDP program benchmark (needs root: sudo make bench)" >&2
+	echo "bench: skipping the XDP program benchmark (needs root: run make bench as root)" >&2
 fi
 run go test ./cache -run '^$' -bench . -benchtime 1s -count 3
 echo "bench: all output in $out" >&2

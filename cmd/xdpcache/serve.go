@@ -68,8 +68,8 @@ without waking the server. The server copies items into the kernel cache when it
 program is detached when serve exits, however it exits. If the program cannot be attached (no such
 interface, another XDP program there, no privilege) the server still runs without it and says so.`,
 		Example: `  xdpcache serve                                   # like memcached -U 11211 on 127.0.0.1
-  sudo xdpcache serve -l 0.0.0.0 --xdp-iface eth0   # kernel path on eth0, native XDP if the driver has it
-  sudo xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150`,
+  xdpcache serve -l 0.0.0.0 --xdp-iface eth0        # as root: kernel path on eth0, native XDP if the driver has it
+  xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150   # as root`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), f) },
 	}
 	fl := cmd.Flags()
