@@ -130,7 +130,11 @@ func (w *checkLive) watch() {
 	}
 	for _, p := range procs {
 		if p.id.pid != w.cmd.Process.Pid && (below[p.id.pid] || (w.nsInode != 0 && p.netns == w.nsInode)) {
-			w.seen[p.id] = p.cmdline
+			// The latest command line (a fork execs into its command), but not the empty one of a
+			// process that is exiting.
+			if p.cmdline != "" || w.seen[p.id] == "" {
+				w.seen[p.id] = p.cmdline
+			}
 		}
 	}
 }
@@ -231,11 +235,13 @@ func allProcs() []procInfo {
 		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil {
 			p.netns = st.Ino
 		}
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		// argv[0] without its directory, then the arguments: "xdpcache serve -p ...".
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		args[0] = filepath.Base(args[0])
-		p.cmdline = strings.Join(args, " ")
+		// argv[0] without its directory, then the arguments: "xdpcache serve -p ..."; empty for a
+		// process that is exiting.
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); len(b) > 0 {
+			args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+			args[0] = filepath.Base(args[0])
+			p.cmdline = strings.Join(args, " ")
+		}
 		out = append(out, p)
 	}
 	return out
