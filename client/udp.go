@@ -28,8 +28,9 @@ const (
 	// retireFor keeps the id of a request given up unused this long, so that its late reply
 	// cannot be taken for another request's.
 	retireFor = 2 * time.Second
-	// downAfter requests in a row that time out over UDP, or one unreachable port, send a
-	// server's gets over TCP for downFor before UDP is tried again.
+	// downAfter requests in a row that time out over UDP while not one datagram comes back from
+	// the server, or one unreachable port, send the server's gets over TCP for downFor before
+	// UDP is tried again. A lossy path, where some replies arrive, is not down.
 	downAfter = 3
 	downFor   = time.Second
 	// dialTimeout bounds opening a UDP socket (name resolution included).
@@ -80,8 +81,9 @@ type udpServer struct {
 	pending map[uint16]*call
 	retired map[uint16]time.Time // ids of requests given up, until when they stay unused
 	nextID  uint16
-	streak  int // requests in a row that fell back after timeouts
+	streak  int // requests in a row that fell back after timeouts with nothing received
 
+	lastRx    atomic.Int64 // unix ns when the reader last got datagrams
 	downUntil atomic.Int64 // unix ns; UDP is not tried before
 }
 
@@ -210,6 +212,7 @@ func (c *Client) awaitUDP(s *udpServer, reqs []*request, calls []*call) {
 		return
 	}
 	retries := c.udpRetries()
+	start := time.Now().UnixNano()
 	for attempt := 0; ; attempt++ {
 		timedOut := s.wait(reqs, calls, c.udpTimeout())
 		if timedOut == 0 {
@@ -221,7 +224,7 @@ func (c *Client) awaitUDP(s *udpServer, reqs []*request, calls []*call) {
 				if calls[i] != nil {
 					calls[i] = nil
 					r.reason = ReasonTimeout
-					s.timedOut()
+					s.timedOut(start)
 				}
 			}
 			return
@@ -387,9 +390,15 @@ func (s *udpServer) settle(r *request, cl *call) {
 	s.mu.Unlock()
 }
 
-// timedOut records a request that goes over TCP after its UDP attempts timed out.
-func (s *udpServer) timedOut() {
+// timedOut records a request, started at start (unix ns), that goes over TCP after its UDP
+// attempts timed out.
+func (s *udpServer) timedOut(start int64) {
 	s.mu.Lock()
+	if s.lastRx.Load() >= start {
+		s.streak = 0 // the server's datagrams arrive: the path loses some, it is not down
+		s.mu.Unlock()
+		return
+	}
 	s.streak++
 	down := s.streak >= downAfter
 	if down {
@@ -428,6 +437,7 @@ func (s *udpServer) read() {
 			s.failAll(ReasonUnreachable) // requests that started while closing
 			return
 		}
+		s.lastRx.Store(time.Now().UnixNano())
 		s.mu.Lock()
 		for i := range n {
 			m := &msgs[i]
