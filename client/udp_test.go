@@ -30,14 +30,14 @@ func TestParseReply(t *testing.T) {
 		{"", nil, ReasonBadReply},
 		{"END", nil, ReasonBadReply},
 		{"END\r\nEND\r\n", nil, ReasonBadReply},
-		{"VALUE j 0 3 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},         // another key
-		{"VALUE k 0 3 1\r\nabc\r\n", nil, ReasonBadReply},                // no END: more messages follow
-		{"VALUE k 0 4 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},         // size larger than the data
-		{"VALUE k 0 2 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},         // smaller
-		{"VALUE k x 3 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},         // flags
-		{"VALUE k 0 3 1 2\r\nabc\r\nEND\r\n", nil, ReasonBadReply},       // fields
-		{"VALUE k 0 3 -1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},        // cas
-		{"VALUE k 4294967296 3\r\nabc\r\nEND\r\n", nil, ReasonBadReply},  // flags over 32 bits
+		{"VALUE j 0 3 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},           // another key
+		{"VALUE k 0 3 1\r\nabc\r\n", nil, ReasonBadReply},                  // no END: more messages follow
+		{"VALUE k 0 4 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},           // size larger than the data
+		{"VALUE k 0 2 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},           // smaller
+		{"VALUE k x 3 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},           // flags
+		{"VALUE k 0 3 1 2\r\nabc\r\nEND\r\n", nil, ReasonBadReply},         // fields
+		{"VALUE k 0 3 -1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},          // cas
+		{"VALUE k 4294967296 3\r\nabc\r\nEND\r\n", nil, ReasonBadReply},    // flags over 32 bits
 		{"VALUE k 0 99999999999 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // size
 	} {
 		it, reason := parseReply([]byte(c.reply), "k")
@@ -66,7 +66,7 @@ func FuzzParseReply(f *testing.F) {
 			t.Fatalf("item %+v with reason %v", it, reason)
 		}
 		want := []byte("VALUE k ")
-		if !bytes.HasPrefix(reply, want) || !bytes.HasSuffix(reply, []byte("\r\n"+string(it.Value)+"\r\nEND\r\n")[2:]) {
+		if !bytes.HasPrefix(reply, want) || !bytes.HasSuffix(reply, []byte("\r\n" + string(it.Value) + "\r\nEND\r\n")[2:]) {
 			t.Fatalf("item %+v from %q", it, reply)
 		}
 	})
