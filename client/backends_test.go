@@ -17,7 +17,6 @@ import (
 	"github.com/xdpcache/xdpcache/client"
 	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/testenv"
-	"github.com/xdpcache/xdpcache/server"
 )
 
 const kernelDSCP = 46
@@ -56,55 +55,13 @@ func (b *backend) newClient(t *testing.T) (*client.Client, *memcache.Client) {
 	return c, mc
 }
 
-// startServe runs the Go server on 127.0.0.1:port (TCP and UDP) with kernel as its kernel
-// cache (nil: none). Listening happens in ns when set.
-func startServe(t *testing.T, ns *netns.NS, port int, kernel server.KernelCache) string {
-	t.Helper()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	var tcp net.Listener
-	var udp *net.UDPConn
-	listen := func() (err error) {
-		if tcp, err = net.Listen("tcp", addr); err != nil {
-			return err
-		}
-		ua, err := net.ResolveUDPAddr("udp", addr)
-		if err != nil {
-			return err
-		}
-		udp, err = net.ListenUDP("udp", ua)
-		return err
-	}
-	var err error
-	if ns != nil {
-		err = ns.Do(listen)
-	} else {
-		err = listen()
-	}
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	srv, err := server.New(server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 256,
-		Kernel: kernel, Version: "xdpcache-test"})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	go func() { _ = srv.ServeTCP(tcp) }()
-	go func() { _ = srv.ServeUDP(udp) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return addr
-}
-
 func memcachedBackend(t *testing.T) *backend {
 	m := testenv.StartMemcached(t, true)
 	return &backend{addr: m.Addr}
 }
 
 func serveBackend(t *testing.T) *backend {
-	return &backend{addr: startServe(t, nil, testenv.FreePort(t), nil)}
+	return &backend{addr: client.StartServe(t, nil, testenv.FreePort(t), nil)}
 }
 
 // kernelBackend is the Go server with the XDP program in generic mode on the loopback of a
@@ -130,7 +87,7 @@ func kernelBackend(t *testing.T) *backend {
 	}); err != nil {
 		t.Fatalf("attach XDP to lo (generic): %v", err)
 	}
-	b := &backend{addr: startServe(t, ns, port, kc)}
+	b := &backend{addr: client.StartServe(t, ns, port, kc)}
 	b.dial = func(ctx context.Context, network, address string) (conn net.Conn, err error) {
 		err = ns.Do(func() error {
 			var d net.Dialer

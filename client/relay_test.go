@@ -2,7 +2,6 @@ package client
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/internal/testenv"
-	"github.com/xdpcache/xdpcache/server"
 )
 
 // relay sits between the client's UDP socket and a server's UDP port and lets a test decide
@@ -185,7 +183,7 @@ func TestLossyPath(t *testing.T) {
 			if name == "memcached" {
 				addr = testenv.StartMemcached(t, true).Addr
 			} else {
-				addr = startTestServer(t)
+				addr = startServe(t, nil, testenv.FreePort(t), nil)
 			}
 			var mu sync.Mutex
 			rng := rand.New(rand.NewPCG(1, 2))
@@ -313,37 +311,10 @@ func checkRead(key string, it *Item, floor uint64) error {
 	return nil
 }
 
-// startTestServer runs the Go server on one port of 127.0.0.1, TCP and UDP.
-func startTestServer(t *testing.T) string {
-	t.Helper()
-	port := testenv.FreePort(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	tcp, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Version: "xdpcache-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.ServeTCP(tcp) }()
-	go func() { _ = srv.ServeUDP(udp) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return addr
-}
-
 // TestFallbackReasons checks each way a UDP get can fail: the value comes over TCP, and the
 // fallback is counted under its reason.
 func TestFallbackReasons(t *testing.T) {
-	addr := startTestServer(t)
+	addr := startServe(t, nil, testenv.FreePort(t), nil)
 	seed := New(addr)
 	if err := seed.Set(&Item{Key: "k", Value: []byte("right"), Flags: 3}); err != nil {
 		t.Fatal(err)
@@ -401,7 +372,7 @@ func TestFallbackReasons(t *testing.T) {
 // TestDownAfterTimeouts checks that a server whose UDP port stays silent is left alone for a
 // while: after downAfter gets time out in a row, the next ones go straight to TCP.
 func TestDownAfterTimeouts(t *testing.T) {
-	addr := startTestServer(t)
+	addr := startServe(t, nil, testenv.FreePort(t), nil)
 	rl := startRelay(t, addr, func(bool, []byte) action { return action{drop: true} })
 	c := New(addr)
 	c.UDPPort = rl.port()
