@@ -120,6 +120,7 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 	uc := client.New(addr)
 	uc.KernelDSCP = kernelDSCP
 	uc.MaxIdleConns = goroutines
+	uc.Timeout = 5 * time.Second // a crowded machine stalls the server for longer than the 500 ms default
 	uc.DialContext = dial
 	uc.DialUDP = func(ctx context.Context, network, address string) (*net.UDPConn, error) {
 		nc, err := dial(ctx, network, address)
@@ -131,6 +132,7 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 	defer uc.Close()
 	mc := memcache.New(addr)
 	mc.MaxIdleConns = goroutines // one connection per goroutine, none dialled per request
+	mc.Timeout = 5 * time.Second
 	mc.DialContext = dial
 	defer mc.Close()
 

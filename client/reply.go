@@ -1,9 +1,6 @@
 package client
 
-import (
-	"bytes"
-	"strconv"
-)
+import "bytes"
 
 // legalKey is gomemcache's rule for keys, so that a key it refuses is refused here too, before
 // any packet is sent: at most 250 bytes, no spaces or control characters.
@@ -65,25 +62,48 @@ func parseReply(reply []byte, key string) (*Item, Reason) {
 	return it, ReasonNone
 }
 
-// parseValueLine reads "key flags bytes [cas]" of a VALUE line.
+// parseValueLine reads "key flags bytes [cas]" of a VALUE line, fields one space apart.
 func parseValueLine(line []byte) (it *Item, size int, ok bool) {
-	f := bytes.Fields(line)
-	if len(f) != 3 && len(f) != 4 {
-		return nil, 0, false
-	}
-	flags, err := strconv.ParseUint(string(f[1]), 10, 32)
-	if err != nil {
-		return nil, 0, false
-	}
-	n, err := strconv.ParseUint(string(f[2]), 10, 31)
-	if err != nil {
-		return nil, 0, false
-	}
-	it = &Item{Key: string(f[0]), Flags: uint32(flags)}
-	if len(f) == 4 {
-		if it.CasID, err = strconv.ParseUint(string(f[3]), 10, 64); err != nil {
-			return nil, 0, false
+	var f [4][]byte
+	n := 0
+	for n < len(f) {
+		i := bytes.IndexByte(line, ' ')
+		if i < 0 {
+			f[n], n, line = line, n+1, nil
+			break
 		}
+		f[n], n, line = line[:i], n+1, line[i+1:]
 	}
-	return it, int(n), true
+	if line != nil || n < 3 || len(f[0]) == 0 {
+		return nil, 0, false
+	}
+	flags, ok1 := parseUint(f[1], 1<<32-1)
+	sz, ok2 := parseUint(f[2], 1<<31-1)
+	cas, ok3 := uint64(0), true
+	if n == 4 {
+		cas, ok3 = parseUint(f[3], 1<<64-1)
+	}
+	if !ok1 || !ok2 || !ok3 {
+		return nil, 0, false
+	}
+	return &Item{Key: string(f[0]), Flags: uint32(flags), CasID: cas}, int(sz), true
+}
+
+// parseUint reads a decimal number of at most limit.
+func parseUint(b []byte, limit uint64) (uint64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (limit-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	return v, true
 }

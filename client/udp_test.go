@@ -39,6 +39,12 @@ func TestParseReply(t *testing.T) {
 		{"VALUE k 0 3 -1\r\nabc\r\nEND\r\n", nil, ReasonBadReply},          // cas
 		{"VALUE k 4294967296 3\r\nabc\r\nEND\r\n", nil, ReasonBadReply},    // flags over 32 bits
 		{"VALUE k 0 99999999999 1\r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // size
+		{"VALUE k 0 3 18446744073709551615\r\nabc\r\nEND\r\n", &Item{Key: "k", Value: []byte("abc"), CasID: 1<<64 - 1}, ReasonNone},
+		{"VALUE k 0 3 18446744073709551616\r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // cas over 64 bits
+		{"VALUE k 4294967295 3\r\nabc\r\nEND\r\n", &Item{Key: "k", Flags: 1<<32 - 1, Value: []byte("abc")}, ReasonNone},
+		{"VALUE k  0 3\r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // two spaces
+		{"VALUE k 0 3 \r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // trailing space
+		{"VALUE k 0 +3\r\nabc\r\nEND\r\n", nil, ReasonBadReply}, // sign
 	} {
 		it, reason := parseReply([]byte(c.reply), "k")
 		if reason != c.reason || (it == nil) != (c.item == nil) ||
