@@ -18,7 +18,12 @@ var StartServe = startServe
 // cache (nil: none). Listening happens in ns when set.
 func startServe(t *testing.T, ns *netns.NS, port int, kernel server.KernelCache) string {
 	t.Helper()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return startServeOn(t, ns, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), kernel)
+}
+
+// startServeOn runs the Go server on addr, TCP and UDP.
+func startServeOn(t *testing.T, ns *netns.NS, addr string, kernel server.KernelCache) string {
+	t.Helper()
 	var tcp net.Listener
 	var udp *net.UDPConn
 	listen := func() (err error) {

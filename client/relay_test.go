@@ -389,3 +389,27 @@ func TestDownAfterTimeouts(t *testing.T) {
 		t.Fatalf("want %d timeouts then 2 gets with UDP down: %+v", downAfter, s)
 	}
 }
+
+// TestIPv6 checks a server reached over IPv6: the socket is udp6 and gets are answered over UDP.
+func TestIPv6(t *testing.T) {
+	ln, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		testenv.Unavailable(t, "no IPv6 loopback: %v", err)
+	}
+	port := ln.LocalAddr().(*net.UDPAddr).Port
+	_ = ln.Close()
+	addr := startServeOn(t, nil, net.JoinHostPort("::1", strconv.Itoa(port)), nil)
+	c := New(addr)
+	c.UDPTimeout = time.Second
+	c.KernelDSCP = 46 // no kernel path: nothing may count as marked
+	defer c.Close()
+	if err := c.Set(&Item{Key: "six", Value: []byte("v6")}); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := c.Get("six"); err != nil || string(it.Value) != "v6" {
+		t.Fatalf("get over IPv6: %v, %v", it, err)
+	}
+	if s := c.Stats(); s.UDPGets != 1 || s.TCPGets != 0 || s.KernelReplies != 0 {
+		t.Fatalf("stats %+v, want one get over UDP, unmarked", s)
+	}
+}
