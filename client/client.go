@@ -206,8 +206,9 @@ func (c *Client) fallback(r Reason) {
 	c.ctr.tcpGets.Add(1)
 }
 
-// Close closes the UDP sockets and gomemcache's idle connections. The client stays usable: the
-// next request opens what it needs again.
+// Close closes the UDP sockets, which ends their reader goroutines, and gomemcache's idle
+// connections. A client that is dropped without Close keeps its sockets and readers. The client
+// stays usable: the next request opens what it needs again.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	servers := c.servers
