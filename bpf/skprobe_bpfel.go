@@ -19,6 +19,7 @@ const (
 	skProbeMapProbeAnswered       = "probe_answered"
 	skProbeMapProbeCounts         = "probe_counts"
 	skProbeMapProbePassed         = "probe_passed"
+	skProbeMapProbePending        = "probe_pending"
 	skProbeMapProbeSocks          = "probe_socks"
 	skProbeProgProbeMsg           = "probe_msg"
 	skProbeProgProbeSkbVerdict    = "probe_skb_verdict"
@@ -83,6 +84,7 @@ type skProbeMapSpecs struct {
 	ProbeAnswered *ebpf.MapSpec `ebpf:"probe_answered"`
 	ProbeCounts   *ebpf.MapSpec `ebpf:"probe_counts"`
 	ProbePassed   *ebpf.MapSpec `ebpf:"probe_passed"`
+	ProbePending  *ebpf.MapSpec `ebpf:"probe_pending"`
 	ProbeSocks    *ebpf.MapSpec `ebpf:"probe_socks"`
 }
 
@@ -119,6 +121,7 @@ type skProbeMaps struct {
 	ProbeAnswered *ebpf.Map `ebpf:"probe_answered"`
 	ProbeCounts   *ebpf.Map `ebpf:"probe_counts"`
 	ProbePassed   *ebpf.Map `ebpf:"probe_passed"`
+	ProbePending  *ebpf.Map `ebpf:"probe_pending"`
 	ProbeSocks    *ebpf.Map `ebpf:"probe_socks"`
 }
 
@@ -127,6 +130,7 @@ func (m *skProbeMaps) Close() error {
 		m.ProbeAnswered,
 		m.ProbeCounts,
 		m.ProbePassed,
+		m.ProbePending,
 		m.ProbeSocks,
 	)
 }

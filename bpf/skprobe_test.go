@@ -301,3 +301,71 @@ const (
 	probeErr
 	probeGated
 )
+
+// The mechanism that keeps the accounting whole: the verdict changes nothing but one byte (same
+// length, so the read position advances by exactly the request) and the reply is built on the
+// send side by SK_MSG, where lengths may change freely. Replies of every length arrive byte-exact
+// and the receive accounting stays at zero.
+func TestSkMsgBuildsReplyOfAnyLength(t *testing.T) {
+	for _, at := range verdictAttachTypes {
+		for _, n := range []int{4, 8, len(probeRequest), 100, 256} {
+			t.Run(fmt.Sprintf("%s/reply%d", attachName(at), n), func(t *testing.T) {
+				objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: at, sendSide: true})
+				c := newProbeConn(t, objs)
+				const rounds = 30
+				for i := range rounds {
+					c.answer(t, n)
+					c.pass(t, fmt.Sprintf("hello %d\r\n", i))
+					if q := c.serverRecvQ(t); q != 0 {
+						t.Fatalf("round %d: server Recv-Q %d, want 0", i, q)
+					}
+				}
+				for _, k := range []struct {
+					name string
+					c    uint32
+					want uint64
+				}{{"redirected", probeRedirect, rounds}, {"built on the send side", probeMsgResized, rounds}, {"helper failures", probeErr, 0}} {
+					if got := probeCount(t, objs, k.c); got != k.want {
+						t.Errorf("%s: %d, want %d", k.name, got, k.want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// Every byte the programs do not answer reaches the reader untouched, and every byte the reader
+// writes reaches the client untouched, a leading mark byte included.
+func TestSkMsgPassesEverythingElseUntouched(t *testing.T) {
+	objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: 100, attach: ebpf.AttachSkSKBVerdict, sendSide: true})
+	c := newProbeConn(t, objs)
+	// A request followed by more bytes in one segment is not one whole request: passed.
+	c.pass(t, probeRequest+"hello\r\n")
+	// A request split across segments: each part passed.
+	c.send(t, probeRequest[:10])
+	if got, err := c.serverRead(10, 2*time.Second); err != nil || string(got) != probeRequest[:10] {
+		t.Fatalf("first part: %q, %v", got, err)
+	}
+	c.pass(t, probeRequest[10:])
+	// The reader's writes, some starting with the mark byte, reach the client as written.
+	payload := make([]byte, 1<<20)
+	for i := range payload {
+		payload[i] = byte(i*7 + i>>8)
+	}
+	payload[0] = 0x01
+	go func() {
+		for off := 0; off < len(payload); off += 4096 + 1 {
+			end := min(off+4096+1, len(payload))
+			if _, err := c.server.Write(payload[off:end]); err != nil {
+				return
+			}
+		}
+	}()
+	got, err := c.clientRead(len(payload), 10*time.Second)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("client got %d bytes (%v), equal=%v", len(got), err, bytes.Equal(got, payload))
+	}
+	if r, e := probeCount(t, objs, probeRedirect), probeCount(t, objs, probeErr); r != 0 || e != 0 {
+		t.Errorf("the kernel answered %d and failed %d times, want 0 and 0", r, e)
+	}
+}

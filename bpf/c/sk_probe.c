@@ -63,6 +63,24 @@ struct {
 	__type(value, __u64);
 } probe_answered SEC(".maps");
 
+/* Marked requests the verdict has sent to the send side and the SK_MSG program has not yet turned
+ * into replies. Key: conn_key (SK_MSG programs cannot read the socket cookie). Value: count. Only a message sent while one is pending can be
+ * a reply: the reader writes nothing then (the gate), so its own bytes can never be taken for one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);
+	__type(value, __u64);
+} probe_pending SEC(".maps");
+
+/* conn_key names a connection from its local and remote ports, the same in both program types.
+ * remote_port is in network order in both contexts, but in the upper half of the 32-bit field in
+ * some and the lower in others; one half is zero, so OR-ing the halves gives the port either way. */
+static __always_inline __u64 conn_key(__u32 local_port, __u32 remote_port)
+{
+	return ((__u64)local_port << 16) | ((remote_port >> 16) | (remote_port & 0xffff));
+}
+
 enum probe_counter {
 	PC_VERDICT,       /* verdict program runs */
 	PC_REDIRECT,      /* requests the verdict sent back out */
@@ -95,12 +113,12 @@ static __always_inline __u8 reply_byte(__u32 i, __u32 n)
 {
 	static const char pong[4] = "pong";
 
-	if (i < 4)
-		return pong[i];
 	if (i == n - 2)
 		return '\r';
 	if (i == n - 1)
 		return '\n';
+	if (i < 4)
+		return pong[i];
 	return 'x';
 }
 
@@ -141,9 +159,19 @@ static __always_inline int verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	}
 	if (cfg_mode == MODE_MARK) {
+		__u64 key = conn_key(skb->local_port, skb->remote_port);
+		__u64 one = 1, *pending = bpf_map_lookup_elem(&probe_pending, &key);
 		__u8 m = MARK;
 
+		/* The send side gets the linear part and each page fragment in separate messages; the
+		 * whole request must reach it as one. */
+		if (bpf_skb_pull_data(skb, skb->len))
+			goto err;
 		if (bpf_skb_store_bytes(skb, 0, &m, 1, 0))
+			goto err;
+		if (pending)
+			__sync_fetch_and_add(pending, 1);
+		else if (bpf_map_update_elem(&probe_pending, &key, &one, BPF_NOEXIST))
 			goto err;
 	} else {
 		if (n < 4 || n > REPLY_MAX)
@@ -177,17 +205,22 @@ int probe_skb_verdict(struct __sk_buff *skb)
 SEC("sk_msg")
 int probe_msg(struct sk_msg_md *msg)
 {
+	__u64 key = conn_key(msg->local_port, msg->remote_port), *pending;
 	__u32 n = cfg_reply_len, have = msg->size;
 	__u8 *p, *end;
 	__u32 i;
 
 	count(PC_MSG);
-	if (bpf_msg_pull_data(msg, 0, 1, 0))
+	pending = bpf_map_lookup_elem(&probe_pending, &key);
+	if (!pending || *pending == 0)
 		return SK_PASS;
+	if (bpf_msg_pull_data(msg, 0, 1, 0))
+		goto err;
 	p = msg->data;
 	end = msg->data_end;
-	if (p + 1 > end || *p != MARK)
-		return SK_PASS;
+	if (p + 1 > end || *p != MARK || have != cfg_req_len)
+		goto err;
+	__sync_fetch_and_sub(pending, 1);
 	if (n < 4 || n > REPLY_MAX)
 		goto err;
 	if (n > have && bpf_msg_push_data(msg, have, n - have, 0))
