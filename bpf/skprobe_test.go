@@ -1,13 +1,15 @@
 package bpf
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
-	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +46,7 @@ type probeSetup struct {
 	replyLen int
 	attach   ebpf.AttachType // AttachSkSKBStreamVerdict or AttachSkSKBVerdict
 	sendSide bool            // attach the SK_MSG program too
+	gate     bool            // answer only when the reader owes nothing
 }
 
 // loadProbe loads the probe programs for s and attaches them to the probe sockhash.
@@ -59,6 +62,11 @@ func loadProbe(t *testing.T, s probeSetup) *skProbeObjects {
 	}
 	if err := spec.Variables["cfg_reply_len"].Set(uint32(s.replyLen)); err != nil {
 		t.Fatal(err)
+	}
+	if s.gate {
+		if err := spec.Variables["cfg_gate"].Set(uint32(1)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var objs skProbeObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
@@ -90,7 +98,8 @@ func loadProbe(t *testing.T, s probeSetup) *skProbeObjects {
 // probeConn is one loopback TCP connection whose server socket is in the probe sockhash.
 type probeConn struct {
 	client, server *net.TCPConn
-	serverFile     *os.File // a dup of the server socket, for ioctls
+	serverRaw      syscall.RawConn // the server socket, for ioctls (File would make it blocking)
+	cookie         uint64          // the server socket's cookie: its key in the probe maps
 }
 
 func newProbeConn(t *testing.T, objs *skProbeObjects) *probeConn {
@@ -110,20 +119,27 @@ func newProbeConn(t *testing.T, objs *skProbeObjects) *probeConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() })
-	f, err := server.File()
+	raw, err := server.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	fd := int(f.Fd())
+	var fd int
+	if err := raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		t.Fatal(err)
+	}
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		t.Fatalf("read socket cookie: %v", err)
 	}
+	for _, m := range []*ebpf.Map{objs.ProbePassed, objs.ProbeAnswered} {
+		if err := m.Update(cookie, uint64(0), ebpf.UpdateNoExist); err != nil {
+			t.Fatalf("create the connection's gate counters: %v", err)
+		}
+	}
 	if err := objs.ProbeSocks.Update(cookie, uint32(fd), ebpf.UpdateNoExist); err != nil {
 		t.Fatalf("add the server socket to the sockhash: %v", err)
 	}
-	return &probeConn{client: client, server: server, serverFile: f}
+	return &probeConn{client: client, server: server, serverRaw: raw, cookie: cookie}
 }
 
 // send writes b from the client.
@@ -148,16 +164,6 @@ func (c *probeConn) serverRead(n int, wait time.Duration) ([]byte, error) {
 	c.server.SetReadDeadline(time.Now().Add(wait))
 	got, err := io.ReadFull(c.server, buf)
 	return buf[:got], err
-}
-
-// serverInq is what the server socket reports as unread (SIOCINQ: rcv_nxt - copied_seq).
-func (c *probeConn) serverInq(t *testing.T) int {
-	t.Helper()
-	n, err := unix.IoctlGetInt(int(c.serverFile.Fd()), unix.SIOCINQ)
-	if err != nil {
-		t.Fatalf("SIOCINQ: %v", err)
-	}
-	return n
 }
 
 func probeCount(t *testing.T, objs *skProbeObjects, c uint32) uint64 {
@@ -284,8 +290,13 @@ func TestSkSKBRewriteShorterLeavesPhantomBytes(t *testing.T) {
 				}
 			}
 			buf := make([]byte, 64)
-			if n, _, err := unix.Recvfrom(int(c.serverFile.Fd()), buf, unix.MSG_DONTWAIT); !errors.Is(err, unix.EAGAIN) {
-				t.Fatalf("reading the phantom bytes: got %d bytes, %v; want EAGAIN", n, err)
+			var got int
+			var err error
+			if cerr := c.serverRaw.Control(func(fd uintptr) { got, _, err = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT) }); cerr != nil {
+				t.Fatal(cerr)
+			}
+			if !errors.Is(err, unix.EAGAIN) {
+				t.Fatalf("reading the phantom bytes: got %d bytes, %v; want EAGAIN", got, err)
 			}
 		})
 	}
@@ -367,5 +378,184 @@ func TestSkMsgPassesEverythingElseUntouched(t *testing.T) {
 	}
 	if r, e := probeCount(t, objs, probeRedirect), probeCount(t, objs, probeErr); r != 0 || e != 0 {
 		t.Errorf("the kernel answered %d and failed %d times, want 0 and 0", r, e)
+	}
+}
+
+// toyServer answers what the programs pass, as the kernel would: the probe request with the probe
+// reply, any other line L with "got:"+L. After writing each reply it publishes how many bytes it
+// has read and answered (probe_answered), which the gate compares with the bytes passed. Before
+// answering a line it waits for the next value of hold, if hold is not nil.
+func toyServer(t *testing.T, c *probeConn, objs *skProbeObjects, replyLen int, hold <-chan time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	t.Cleanup(func() { c.server.Close(); <-done })
+	go func() {
+		defer close(done)
+		r := bufio.NewReader(c.server)
+		var answered uint64
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if hold != nil {
+				time.Sleep(<-hold)
+			}
+			reply := []byte("got:" + line)
+			if line == probeRequest {
+				reply = probeReply(replyLen)
+			}
+			if _, err := c.server.Write(reply); err != nil {
+				return
+			}
+			answered += uint64(len(line))
+			if err := objs.ProbeAnswered.Update(c.cookie, answered, ebpf.UpdateExist); err != nil {
+				t.Errorf("publish answered bytes: %v", err)
+				return
+			}
+		}
+	}()
+}
+
+// Without the gate, a request the kernel answers overtakes the reply the reader still owes for an
+// earlier request on the same connection: the client gets its replies out of order.
+func TestSkMsgUngatedAnswerOvertakesOwedReply(t *testing.T) {
+	const n = 40
+	objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: ebpf.AttachSkSKBVerdict, sendSide: true})
+	c := newProbeConn(t, objs)
+	hold := make(chan time.Duration)
+	toyServer(t, c, objs, n, hold)
+	c.send(t, "hello\r\n")
+	waitCount(t, objs, probePass, 1) // in its own segment, not merged with the next
+	c.send(t, probeRequest)          // the reader has the first request and has not answered it yet
+	got, err := c.clientRead(n, 2*time.Second)
+	if err != nil || !bytes.Equal(got, probeReply(n)) {
+		t.Fatalf("the second request's reply did not overtake the first's: client got %q (%v) first", got, err)
+	}
+	hold <- 0
+	got, err = c.clientRead(len("got:hello\r\n"), 2*time.Second)
+	if err != nil || string(got) != "got:hello\r\n" {
+		t.Fatalf("the owed reply: %q (%v)", got, err)
+	}
+}
+
+// With the gate the kernel answers only when the reader owes nothing: a request arriving while a
+// reply is owed goes to the reader, which answers both in order; once the reader has caught up the
+// kernel answers again.
+func TestSkMsgGateKeepsOrder(t *testing.T) {
+	const n = 40
+	objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: ebpf.AttachSkSKBVerdict, sendSide: true, gate: true})
+	c := newProbeConn(t, objs)
+	hold := make(chan time.Duration, 1)
+	toyServer(t, c, objs, n, hold)
+	c.send(t, "hello\r\n")
+	waitCount(t, objs, probePass, 1)
+	c.send(t, probeRequest)
+	if got, err := c.clientRead(1, 200*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("the client got %q (%v) while the reader held its reply", got, err)
+	}
+	hold <- 0
+	hold <- 0
+	want := "got:hello\r\n" + string(probeReply(n))
+	if got, err := c.clientRead(len(want), 2*time.Second); err != nil || string(got) != want {
+		t.Fatalf("client got %q (%v), want %q", got, err, want)
+	}
+	if r, g := probeCount(t, objs, probeRedirect), probeCount(t, objs, probeGated); r != 0 || g != 1 {
+		t.Fatalf("kernel answered %d and gated %d requests, want 0 and 1", r, g)
+	}
+	waitCaughtUp(t, c, objs)
+	hold <- 0 // unused unless the kernel wrongly passes the next request
+	c.answer(t, n)
+	if r := probeCount(t, objs, probeRedirect); r != 1 {
+		t.Fatalf("kernel answered %d requests once the reader caught up, want 1", r)
+	}
+}
+
+// waitCount waits until probe counter k reaches want.
+func waitCount(t *testing.T, objs *skProbeObjects, k uint32, want uint64) {
+	t.Helper()
+	for range 2000 {
+		if probeCount(t, objs, k) >= want {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("probe counter %d never reached %d", k, want)
+}
+
+// waitCaughtUp waits until the reader has answered every byte passed to it.
+func waitCaughtUp(t *testing.T, c *probeConn, objs *skProbeObjects) {
+	t.Helper()
+	for range 2000 {
+		var passed, answered uint64
+		if err := objs.ProbePassed.Lookup(c.cookie, &passed); err != nil {
+			t.Fatal(err)
+		}
+		if err := objs.ProbeAnswered.Lookup(c.cookie, &answered); err != nil {
+			t.Fatal(err)
+		}
+		if passed == answered {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("the reader never caught up with the bytes passed to it")
+}
+
+// Random pipelined sessions with the gate on: requests alone, split across segments or several in
+// one segment, a reader that takes random time per reply. Every reply arrives in request order and
+// byte-exact; the kernel answers some and the gate sends some to the reader.
+func TestSkMsgGateRandomSessions(t *testing.T) {
+	const n = 60
+	objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: ebpf.AttachSkSKBVerdict, sendSide: true, gate: true})
+	c := newProbeConn(t, objs)
+	rng := rand.New(rand.NewPCG(11, 6))
+	hold := make(chan time.Duration, 64)
+	toyServer(t, c, objs, n, hold)
+	for round := range 300 {
+		waitCaughtUp(t, c, objs)
+		var want []byte
+		var writes []string
+		for i := range 1 + rng.IntN(5) {
+			hold <- time.Duration(rng.IntN(300)) * time.Microsecond
+			req, reply := probeRequest, string(probeReply(n))
+			if rng.IntN(2) == 0 {
+				req = fmt.Sprintf("hello %d.%d\r\n", round, i)
+				reply = "got:" + req
+			}
+			want = append(want, reply...)
+			switch rng.IntN(3) {
+			case 0: // with the previous request in one segment
+				if len(writes) > 0 {
+					writes[len(writes)-1] += req
+					continue
+				}
+				writes = append(writes, req)
+			case 1: // split in two segments
+				cut := 1 + rng.IntN(len(req)-1)
+				writes = append(writes, req[:cut], req[cut:])
+			default:
+				writes = append(writes, req)
+			}
+		}
+		for _, w := range writes {
+			c.send(t, w)
+			time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
+		}
+		got, err := c.clientRead(len(want), 5*time.Second)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("round %d: writes %q: client got %q (%v), want %q", round, writes, got, err, want)
+		}
+		for len(hold) > 0 { // the kernel answered some: their hold values were not used
+			<-hold
+		}
+	}
+	r, g := probeCount(t, objs, probeRedirect), probeCount(t, objs, probeGated)
+	t.Logf("kernel answered %d requests, the gate passed %d", r, g)
+	if r == 0 || g == 0 {
+		t.Errorf("kernel answered %d and gated %d requests: the sessions did not exercise both", r, g)
+	}
+	if e := probeCount(t, objs, probeErr); e != 0 {
+		t.Errorf("%d helper failures", e)
 	}
 }
