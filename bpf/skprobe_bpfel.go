@@ -26,6 +26,7 @@ const (
 	skProbeProgProbeStreamVerdict = "probe_stream_verdict"
 	skProbeVarCfgGate             = "cfg_gate"
 	skProbeVarCfgMode             = "cfg_mode"
+	skProbeVarCfgPull             = "cfg_pull"
 	skProbeVarCfgReplyLen         = "cfg_reply_len"
 	skProbeVarCfgReqLen           = "cfg_req_len"
 )
@@ -94,6 +95,7 @@ type skProbeMapSpecs struct {
 type skProbeVariableSpecs struct {
 	CfgGate     *ebpf.VariableSpec `ebpf:"cfg_gate"`
 	CfgMode     *ebpf.VariableSpec `ebpf:"cfg_mode"`
+	CfgPull     *ebpf.VariableSpec `ebpf:"cfg_pull"`
 	CfgReplyLen *ebpf.VariableSpec `ebpf:"cfg_reply_len"`
 	CfgReqLen   *ebpf.VariableSpec `ebpf:"cfg_req_len"`
 }
@@ -141,6 +143,7 @@ func (m *skProbeMaps) Close() error {
 type skProbeVariables struct {
 	CfgGate     *ebpf.Variable `ebpf:"cfg_gate"`
 	CfgMode     *ebpf.Variable `ebpf:"cfg_mode"`
+	CfgPull     *ebpf.Variable `ebpf:"cfg_pull"`
 	CfgReplyLen *ebpf.Variable `ebpf:"cfg_reply_len"`
 	CfgReqLen   *ebpf.Variable `ebpf:"cfg_req_len"`
 }

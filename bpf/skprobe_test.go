@@ -47,6 +47,7 @@ type probeSetup struct {
 	attach   ebpf.AttachType // AttachSkSKBStreamVerdict or AttachSkSKBVerdict
 	sendSide bool            // attach the SK_MSG program too
 	gate     bool            // answer only when the reader owes nothing
+	noPull   bool            // MODE_MARK: leave the request as it arrived (not linear)
 }
 
 // loadProbe loads the probe programs for s and attaches them to the probe sockhash.
@@ -65,6 +66,11 @@ func loadProbe(t *testing.T, s probeSetup) *skProbeObjects {
 	}
 	if s.gate {
 		if err := spec.Variables["cfg_gate"].Set(uint32(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.noPull {
+		if err := spec.Variables["cfg_pull"].Set(uint32(0)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -104,6 +110,13 @@ type probeConn struct {
 
 func newProbeConn(t *testing.T, objs *skProbeObjects) *probeConn {
 	t.Helper()
+	return newProbeConnEarly(t, objs, "")
+}
+
+// newProbeConnEarly is newProbeConn with early sent by the client before the server accepts the
+// connection and adds its socket to the sockhash.
+func newProbeConnEarly(t *testing.T, objs *skProbeObjects, early string) *probeConn {
+	t.Helper()
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +127,12 @@ func newProbeConn(t *testing.T, objs *skProbeObjects) *probeConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close() })
+	if early != "" {
+		if _, err := client.Write([]byte(early)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // let it reach the server's receive queue before accept
+	}
 	server, err := ln.AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +338,7 @@ const (
 // and the receive accounting stays at zero.
 func TestSkMsgBuildsReplyOfAnyLength(t *testing.T) {
 	for _, at := range verdictAttachTypes {
-		for _, n := range []int{4, 8, len(probeRequest), 100, 256} {
+		for _, n := range []int{4, 8, len(probeRequest), 100, 1500, 4096} {
 			t.Run(fmt.Sprintf("%s/reply%d", attachName(at), n), func(t *testing.T) {
 				objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: at, sendSide: true})
 				c := newProbeConn(t, objs)
@@ -342,6 +361,25 @@ func TestSkMsgBuildsReplyOfAnyLength(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A redirected skb reaches the send side as one message per part: its linear head, then each page
+// fragment. bpf_skb_store_bytes at offset 0 pulls only the bytes it writes into the head, so
+// without bpf_skb_pull_data of the whole request the send side sees the marked first byte alone and
+// the rest of the request as a second message, which goes out to the client as it is.
+func TestSkMsgSeesRedirectedSkbInParts(t *testing.T) {
+	const n = 40
+	objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: ebpf.AttachSkSKBVerdict, sendSide: true, noPull: true})
+	c := newProbeConn(t, objs)
+	c.send(t, probeRequest)
+	want := string(probeReply(n)) + probeRequest[1:]
+	got, err := c.clientRead(len(want), 2*time.Second)
+	if err != nil || string(got) != want {
+		t.Fatalf("client got %q (%v), want %q: the send side now sees the request whole; revisit docs/TCP.md", got, err, want)
+	}
+	if m := probeCount(t, objs, probeMsg); m != 2 {
+		t.Fatalf("the send side ran %d times for one redirected request, want 2", m)
 	}
 }
 
@@ -557,5 +595,40 @@ func TestSkMsgGateRandomSessions(t *testing.T) {
 	}
 	if e := probeCount(t, objs, probeErr); e != 0 {
 		t.Errorf("%d helper failures", e)
+	}
+}
+
+// Bytes that arrived before the socket entered the sockhash still go through the verdict, when the
+// reader reads them or when the next segment arrives (then merged with it), so the gate's count of
+// passed bytes covers every byte the reader gets.
+func TestSkMsgGateCountsBytesSentBeforeInsertion(t *testing.T) {
+	const n = 40
+	for _, readFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("readFirst=%v", readFirst), func(t *testing.T) {
+			objs := loadProbe(t, probeSetup{mode: probeModeMark, replyLen: n, attach: ebpf.AttachSkSKBVerdict, sendSide: true, gate: true})
+			c := newProbeConnEarly(t, objs, "early\r\n")
+			if readFirst {
+				if got, err := c.serverRead(7, 2*time.Second); err != nil || string(got) != "early\r\n" {
+					t.Fatalf("server read %q (%v)", got, err)
+				}
+				c.pass(t, "more\r\n")
+			} else {
+				c.send(t, "more\r\n")
+				if got, err := c.serverRead(13, 2*time.Second); err != nil || string(got) != "early\r\nmore\r\n" {
+					t.Fatalf("server read %q (%v)", got, err)
+				}
+			}
+			var passed uint64
+			if err := objs.ProbePassed.Lookup(c.cookie, &passed); err != nil {
+				t.Fatal(err)
+			}
+			if passed != 13 {
+				t.Fatalf("the verdict counted %d passed bytes, the reader got 13", passed)
+			}
+			if err := objs.ProbeAnswered.Update(c.cookie, uint64(13), ebpf.UpdateExist); err != nil {
+				t.Fatal(err)
+			}
+			c.answer(t, n)
+		})
 	}
 }

@@ -28,13 +28,14 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MODE_REWRITE 1
 #define MODE_MARK 2
 
-#define REPLY_MAX 256 /* longest probe reply */
+#define REPLY_MAX 4096 /* longest probe reply */
 #define MARK 0x01     /* first byte of a request the verdict handed to the send side */
 
 volatile const __u32 cfg_mode = MODE_REWRITE;
 volatile const __u32 cfg_reply_len = 6; /* 4..REPLY_MAX */
 volatile const __u32 cfg_req_len = 24;  /* only an skb of exactly this length is a request */
 volatile const __u32 cfg_gate = 0;      /* answer only when the reader owes nothing */
+volatile const __u32 cfg_pull = 1;      /* MODE_MARK: make the request linear before marking it */
 
 /* The connections under test. Key: the socket's cookie (SO_COOKIE). Value: the socket, given as
  * an fd from userspace. */
@@ -165,7 +166,7 @@ static __always_inline int verdict(struct __sk_buff *skb)
 
 		/* The send side gets the linear part and each page fragment in separate messages; the
 		 * whole request must reach it as one. */
-		if (bpf_skb_pull_data(skb, skb->len))
+		if (cfg_pull && bpf_skb_pull_data(skb, skb->len))
 			goto err;
 		if (bpf_skb_store_bytes(skb, 0, &m, 1, 0))
 			goto err;
@@ -218,7 +219,7 @@ int probe_msg(struct sk_msg_md *msg)
 		goto err;
 	p = msg->data;
 	end = msg->data_end;
-	if (p + 1 > end || *p != MARK || have != cfg_req_len)
+	if (p + 1 > end || *p != MARK || (cfg_pull && have != cfg_req_len))
 		goto err;
 	__sync_fetch_and_sub(pending, 1);
 	if (n < 4 || n > REPLY_MAX)
