@@ -51,7 +51,7 @@ type probeSetup struct {
 }
 
 // loadProbe loads the probe programs for s and attaches them to the probe sockhash.
-func loadProbe(t *testing.T, s probeSetup) *skProbeObjects {
+func loadProbe(t testing.TB, s probeSetup) *skProbeObjects {
 	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := loadSkProbe()
@@ -108,14 +108,14 @@ type probeConn struct {
 	cookie         uint64          // the server socket's cookie: its key in the probe maps
 }
 
-func newProbeConn(t *testing.T, objs *skProbeObjects) *probeConn {
+func newProbeConn(t testing.TB, objs *skProbeObjects) *probeConn {
 	t.Helper()
 	return newProbeConnEarly(t, objs, "")
 }
 
 // newProbeConnEarly is newProbeConn with early sent by the client before the server accepts the
 // connection and adds its socket to the sockhash.
-func newProbeConnEarly(t *testing.T, objs *skProbeObjects, early string) *probeConn {
+func newProbeConnEarly(t testing.TB, objs *skProbeObjects, early string) *probeConn {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -149,6 +149,9 @@ func newProbeConnEarly(t *testing.T, objs *skProbeObjects, early string) *probeC
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		t.Fatalf("read socket cookie: %v", err)
+	}
+	if objs == nil {
+		return &probeConn{client: client, server: server, serverRaw: raw, cookie: cookie}
 	}
 	for _, m := range []*ebpf.Map{objs.ProbePassed, objs.ProbeAnswered} {
 		if err := m.Update(cookie, uint64(0), ebpf.UpdateNoExist); err != nil {
@@ -185,7 +188,7 @@ func (c *probeConn) serverRead(n int, wait time.Duration) ([]byte, error) {
 	return buf[:got], err
 }
 
-func probeCount(t *testing.T, objs *skProbeObjects, c uint32) uint64 {
+func probeCount(t testing.TB, objs *skProbeObjects, c uint32) uint64 {
 	t.Helper()
 	var v uint64
 	if err := objs.ProbeCounts.Lookup(c, &v); err != nil {
