@@ -8,7 +8,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -633,5 +637,101 @@ func TestSkMsgGateCountsBytesSentBeforeInsertion(t *testing.T) {
 			}
 			c.answer(t, n)
 		})
+	}
+}
+
+// threadSwitches is thread tid's voluntary context switches so far.
+func threadSwitches(t testing.TB, tid int) int {
+	t.Helper()
+	s, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", tid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(s), "\n") {
+		if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no voluntary_ctxt_switches in the thread's status")
+	return 0
+}
+
+// A request answered in the kernel still wakes whoever waits in epoll for the socket to become
+// readable: after the verdict the socket signals data-ready though nothing was queued for the
+// reader. With EPOLLIN alone the waiter wakes and sleeps again inside epoll_wait; registered as
+// Go's netpoller registers every socket (EPOLLIN|EPOLLOUT, edge-triggered), the wake also finds the
+// socket writable, so epoll_wait returns once per answered request. Either way the server's
+// process runs for requests it does not answer. (A thread blocked in read(2) is not woken:
+// BenchmarkSkLayerReply's reader-wakes.)
+func TestSkSKBAnswerWakesEpollWaiter(t *testing.T) {
+	const requests = 100
+	for _, tc := range []struct {
+		name  string
+		setup probeSetup
+		reply int
+	}{
+		{"same-length-rewrite", probeSetup{mode: probeModeRewrite, replyLen: len(probeRequest), attach: ebpf.AttachSkSKBVerdict}, len(probeRequest)},
+		{"send-side-build", probeSetup{mode: probeModeMark, replyLen: 100, attach: ebpf.AttachSkSKBVerdict, sendSide: true}, 100},
+	} {
+		for _, ev := range []uint32{unix.EPOLLIN, unix.EPOLLIN | unix.EPOLLOUT} {
+			t.Run(fmt.Sprintf("%s/events=%#x", tc.name, ev), func(t *testing.T) {
+				objs := loadProbe(t, tc.setup)
+				c := newProbeConn(t, objs)
+				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ctlErr error
+				if err := c.serverRaw.Control(func(fd uintptr) {
+					ctlErr = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: ev | unix.EPOLLET, Fd: int32(fd)})
+				}); err != nil || ctlErr != nil {
+					t.Fatalf("epoll_ctl: %v %v", err, ctlErr)
+				}
+				tidc, done := make(chan int), make(chan struct{})
+				var returns atomic.Int64
+				go func() {
+					defer close(done)
+					runtime.LockOSThread()
+					defer runtime.UnlockOSThread()
+					tidc <- unix.Gettid()
+					evs := make([]unix.EpollEvent, 4)
+					for {
+						n, err := unix.EpollWait(ep, evs, 300)
+						if errors.Is(err, unix.EINTR) {
+							continue
+						}
+						if err != nil || n == 0 {
+							return // timed out: the test is over
+						}
+						returns.Add(1)
+					}
+				}()
+				tid := <-tidc
+				time.Sleep(50 * time.Millisecond) // the initial writable edge, if registered
+				base, returns0 := threadSwitches(t, tid), returns.Load()
+				for range requests {
+					c.answer(t, tc.reply)
+					time.Sleep(time.Millisecond) // separate wakes
+				}
+				wakes := threadSwitches(t, tid) - base
+				<-done
+				unix.Close(ep)
+				got := int(returns.Load() - returns0)
+				t.Logf("%d answered requests: the epoll waiter woke %d times, epoll_wait returned %d times", requests, wakes, got)
+				if wakes < requests*9/10 {
+					t.Errorf("the epoll waiter woke %d times for %d kernel-answered requests, want about one each: this kernel no longer signals them; revisit docs/TCP.md", wakes, requests)
+				}
+				if ev&unix.EPOLLOUT != 0 && got < requests*9/10 {
+					t.Errorf("epoll_wait returned %d times for %d requests, want about one each", got, requests)
+				}
+				if ev&unix.EPOLLOUT == 0 && got != 0 {
+					t.Errorf("epoll_wait returned %d times with nothing to read", got)
+				}
+			})
+		}
 	}
 }
