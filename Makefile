@@ -28,6 +28,14 @@ deps: ## Install missing Debian packages (needs root) and download Go modules.
 	@for s in memcached nutcracker; do systemctl stop $$s >/dev/null 2>&1 || true; done
 	$(GO) mod download
 
+# root is a prerequisite of the targets that load BPF programs, attach XDP or create network
+# namespaces: without root they stop at once and say so, rather than skip or fall back silently.
+root:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make $(MAKECMDGOALS): needs root (BPF programs, XDP, network namespaces): run it in a root shell" >&2; \
+		exit 1; \
+	fi
+
 build: ## Build bin/xdpcache.
 	$(GO) build -o $(BIN) ./cmd/xdpcache
 
@@ -37,7 +45,7 @@ generate: ## Compile the XDP program with clang and regenerate the bpf2go Go bin
 check-generated: generate ## Fail if the committed bpf2go output differs from a fresh generate.
 	@git diff --exit-code -- bpf/ || { echo "bpf2go output is stale: run 'make generate' and commit" >&2; exit 1; }
 
-test: deps ## Run every test (as root, privileged BPF/XDP/netns tests included) and a short fuzz run.
+test: root deps ## Run every test, privileged BPF/XDP/netns tests included, and a short fuzz run (root).
 	$(MAKE) check-generated
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 40m ./...
@@ -46,17 +54,17 @@ test: deps ## Run every test (as root, privileged BPF/XDP/netns tests included) 
 fuzz-short: ## Run each fuzz target briefly.
 	@./scripts/fuzz.sh 10s
 
-bench: deps build ## Benchmarks side by side with their baselines; see docs/BENCHMARKS.md.
+bench: deps build ## Benchmarks side by side with their baselines (the XDP one as root only); see docs/BENCHMARKS.md.
 	./scripts/bench.sh
 
-experiment: deps build ## The four experiments of issue #4 (root, ~6.5 min): mix, throughput, cpu, sweep; see docs/EXPERIMENTS.md.
+experiment: root deps build ## The four experiments (root, ~6.5 min): mix, throughput, cpu, sweep; see docs/EXPERIMENTS.md.
 	BIN=$(BIN) ./scripts/experiment-all.sh
 
 lint: ## gofmt and go vet.
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad" >&2; exit 1; fi
 	$(GO) vet ./...
 
-demo: deps build ## Run the kernel path against a Zipf load in two network namespaces and print the split.
+demo: root deps build ## Run the kernel path against a Zipf load in two network namespaces and print the split (root).
 	./$(BIN) demo
 
-.PHONY: help deps build generate check-generated test fuzz-short bench experiment lint demo
+.PHONY: help root deps build generate check-generated test fuzz-short bench experiment lint demo

@@ -41,8 +41,8 @@ func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
 	if c.link != nil {
 		return "", ErrAttached
 	}
-	// With no allow-list configured, the clients the kernel answers are the interface's own
-	// subnets (and loopback, always): allow them before the first packet can arrive.
+	// With no allow-list configured, the clients the kernel answers are loopback and the
+	// interface's own subnets: allow them before the first packet can arrive.
 	if c.opts.AllowSources == nil {
 		subnets, err := interfaceSubnets(iface)
 		if err != nil {
@@ -52,13 +52,39 @@ func (c *Cache) Attach(iface string, mode Mode) (Mode, error) {
 			return "", err
 		}
 	}
-	l, m, err := attachXDP(c.objs.XdpCache, iface, mode)
+	// TC first, so that no request XDP hands over finds no one to answer it.
+	tc, err := attachTC(c.objs.TcCache, iface)
 	if err != nil {
 		return "", err
 	}
-	c.link = l
+	l, m, err := attachXDP(c.objs.XdpCache, iface, mode)
+	if err != nil {
+		tc.Close()
+		return "", err
+	}
+	if err := c.objs.TcReady.Set(uint32(1)); err != nil {
+		l.Close()
+		tc.Close()
+		return "", fmt.Errorf("enable the TC program: %w", err)
+	}
+	c.link, c.tcLink = l, tc
 	c.attachedTo, c.attachedMode = iface, m
 	return m, nil
+}
+
+// attachTC attaches the TC program to iface's ingress through a TCX bpf_link, which, like the
+// XDP link, the kernel detaches when the process dies. It answers what XDP hands it: requests
+// whose reply the XDP frame has no room to grow to.
+func attachTC(prog *ebpf.Program, iface string) (link.Link, error) {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("attach tc to %q: %w: %w", iface, ErrNoInterface, err)
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: ebpf.AttachTCXIngress, Interface: ifc.Index})
+	if err != nil {
+		return nil, fmt.Errorf("attach tc ingress to %q: %w", iface, classifyAttachError(err))
+	}
+	return l, nil
 }
 
 // Attached returns the interface and mode the program is attached to, or empty strings.

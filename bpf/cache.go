@@ -50,8 +50,8 @@
 //
 // # Not a reflector
 //
-// The program answers only sources in an allow-list (an LPM trie: loopback, plus
-// Options.AllowSources, or, when that is nil, the subnets of the interface it is attached to),
+// The program answers only sources in an allow-list (an LPM trie: Options.AllowSources, or, when
+// that is nil, loopback and the subnets of the interface it is attached to),
 // caps each reply at Options.MaxAmplification times its request (UDP payload bytes, the bandwidth
 // amplification factor of the literature), and rate-limits replies per source with GCRA (one
 // timestamp per source in an LRU map). Anything refused passes to the server, which applies the
@@ -77,12 +77,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 var (
-	_ server.KernelCache   = (*Cache)(nil)
-	_ server.KernelFetches = (*Cache)(nil)
+	_ kernelcache.Cache   = (*Cache)(nil)
+	_ kernelcache.Fetches = (*Cache)(nil)
 )
 
 // Options configure the kernel cache.
@@ -94,9 +94,9 @@ type Options struct {
 	Admission  string // "always" | "frequency" (default)
 	MTU        int    // interface MTU, caps reply size; 0 = 1500
 
-	// AllowSources are the client prefixes the kernel answers, in addition to loopback
-	// (127.0.0.0/8 and ::1), which is always allowed. nil means the subnets of the interface
-	// the program is attached to; an empty non-nil slice means loopback only.
+	// AllowSources are the client prefixes the kernel answers, exactly (the server's UDP guard
+	// applies the same list). nil means loopback (127.0.0.0/8 and ::1) and the subnets of the
+	// interface the program is attached to; an empty non-nil slice answers no one.
 	AllowSources []netip.Prefix
 	// RatePerSource caps kernel replies per second to one source address; 0 is unlimited.
 	RatePerSource float64
@@ -110,11 +110,12 @@ type Options struct {
 
 // DefaultMaxAmplification is the reply-to-request size cap (UDP payloads, the bandwidth
 // amplification factor). memcached reflection attacks reached 10,000x and more because one small
-// get fetched megabytes; the kernel sends at most one 1400-byte datagram per request, so a
-// minimal 15-byte get could reach 93x. 64x still lets every get of a 16-byte key up to the
-// largest datagram through (a 30-byte request), and keeps what one spoofed byte buys well below
-// DNS's common 50-100x.
-const DefaultMaxAmplification = 64
+// get fetched megabytes; a one-datagram reply is at most 1400 bytes, and the shortest get
+// ("get k", 15 bytes with its frame header) could draw 93x. 100x lets every one-datagram reply
+// through for any get an allowed client sends, so ordinary values are served over UDP; what is
+// refused is the multi-datagram reply of a large value (the server answers it with a short
+// SERVER_ERROR that says to use TCP). docs/SECURITY.md has the reasoning.
+const DefaultMaxAmplification = 100
 
 // Errors.
 var (
@@ -187,7 +188,7 @@ type retired struct {
 }
 
 // Cache is the kernel cache: the loaded program, its maps and userspace's bookkeeping. It
-// implements server.KernelCache and is safe for concurrent use.
+// implements kernelcache.Cache and is safe for concurrent use.
 type Cache struct {
 	opts        Options
 	retireAfter time.Duration // see the constant; tests of sequential runs shorten it
@@ -214,8 +215,9 @@ type Cache struct {
 	allowed       int    // prefixes in the allow-list
 	allowGen      uint32 // allow_gen in the program's .bss
 	link          link.Link
-	attachedTo    string // interface of link
-	attachedMode  Mode   // mode of link
+	tcLink        link.Link // the TC program's, on the same interface as link
+	attachedTo    string    // interface of link
+	attachedMode  Mode      // mode of link
 	statsCloser   io.Closer
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }
@@ -348,8 +350,12 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		c.closeObjects()
 		return nil, err
 	}
-	allow := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-		opts.AllowSources...)
+	// The same list the server's UDP guard applies: exactly the configured one, or by default
+	// loopback and (at Attach) the interface's subnets.
+	allow := opts.AllowSources
+	if allow == nil {
+		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
 	if err := c.allow(allow); err != nil {
 		c.closeObjects()
 		return nil, err
@@ -421,7 +427,7 @@ func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
 
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
 // serve (a key with a space, \r or \n, or too long; a reply over one datagram) are ignored.
-func (c *Cache) Offer(it server.KernelItem) error {
+func (c *Cache) Offer(it kernelcache.Item) error {
 	if !servableKey(it.Key) {
 		return nil
 	}
@@ -662,7 +668,7 @@ func (c *Cache) victim() *kentry {
 // wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
 // already holds this version, when another key holds its hash, or when the admission policy
 // refuses a new key.
-func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
+func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -683,7 +689,7 @@ func (c *Cache) wantOffer(it server.KernelItem, hash uint64) (bool, error) {
 
 // current reports whether e holds the version of it: same CAS, flags, size and expiry, filled
 // after the last flush.
-func (c *Cache) current(e *kentry, it server.KernelItem) bool {
+func (c *Cache) current(e *kentry, it kernelcache.Item) bool {
 	return e.cas == it.CAS && e.flags == it.Flags && e.size == len(it.Value) &&
 		e.expires.Equal(it.Expires) && c.unflushed(e)
 }
@@ -693,7 +699,7 @@ func (c *Cache) current(e *kentry, it server.KernelItem) bool {
 const FetchedBatch = 1 << 18
 
 // TakeFetched calls fn with the key of each entry the program has served since the last call
-// that examined it (server.KernelFetches), and clears those marks. Without it the store would see
+// that examined it (kernelcache.Fetches), and clears those marks. Without it the store would see
 // no fetches of a key the kernel answers, and evict the hottest keys first. fn runs after the
 // cache's lock is released, so it may take the store's locks (whose hook calls Invalidate). The
 // ring may change between calls, so an entry can be skipped once or seen twice: the marks, not
@@ -703,7 +709,7 @@ func (c *Cache) TakeFetched(fn func(key string)) {
 	total := -1 // entries this call examines, fixed at the first chunk
 	for done := 0; total < 0 || done < total; {
 		// A chunk at a time: Invalidate, on every write's path, waits for the lock at most
-		// one chunk's walk (~20 µs), not the whole batch's.
+		// one chunk's walk, not the whole batch's.
 		c.mu.Lock()
 		if c.closed || len(c.ring) == 0 {
 			c.mu.Unlock()
@@ -788,13 +794,13 @@ func (c *Cache) setFlushedBefore(t uint64) error {
 }
 
 // Stats sums the kernel counters over CPUs.
-func (c *Cache) Stats() (server.KernelStats, error) {
+func (c *Cache) Stats() (kernelcache.Stats, error) {
 	counts, err := c.counters()
 	if err != nil {
-		return server.KernelStats{}, err
+		return kernelcache.Stats{}, err
 	}
 	churn := c.Churn()
-	return server.KernelStats{
+	return kernelcache.Stats{
 		Requests:          counts[xdpcacheCounterCNT_REQUESTS],
 		Hits:              counts[xdpcacheCounterCNT_HITS],
 		BytesSent:         counts[xdpcacheCounterCNT_BYTES],
@@ -803,6 +809,16 @@ func (c *Cache) Stats() (server.KernelStats, error) {
 		Evictions:         churn.EvictedSpace + churn.EvictedIndex,
 		AdmissionsRefused: churn.RefusedFrequency + churn.RefusedVictim,
 	}, nil
+}
+
+// TCHits is how many keys the TC program served: replies the XDP frame had no room for. They
+// are counted in Stats' Hits too.
+func (c *Cache) TCHits() (uint64, error) {
+	counts, err := c.counters()
+	if err != nil {
+		return 0, err
+	}
+	return counts[xdpcacheCounterCNT_TC_HITS], nil
 }
 
 // counters reads every counter, summed over CPUs.
@@ -839,6 +855,11 @@ func (c *Cache) Close() error {
 	if c.link != nil {
 		if err := c.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach xdp: %w", err))
+		}
+	}
+	if c.tcLink != nil {
+		if err := c.tcLink.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach tc: %w", err))
 		}
 	}
 	if c.statsCloser != nil {

@@ -30,6 +30,7 @@ var passReasons = map[xdpcacheCounter]string{
 	xdpcacheCounterPASS_NOT_ALLOWED:   "not_allowed",
 	xdpcacheCounterPASS_RATE_LIMITED:  "rate_limited",
 	xdpcacheCounterPASS_AMPLIFICATION: "amplification",
+	xdpcacheCounterPASS_TO_TC:         "to_tc",
 }
 
 // PassCounts returns the pass counters by reason label, summed over CPUs.
@@ -76,13 +77,17 @@ func (c *Cache) EnableRunStats() error {
 
 var (
 	descHits = prometheus.NewDesc("xdpcache_kernel_hits_total",
-		"Keys served by the XDP program (a multi-get of n keys counts n).", nil, nil)
+		"Keys served in the kernel, by the XDP or the TC program (a multi-get of n keys counts n).", nil, nil)
 	descRequests = prometheus.NewDesc("xdpcache_kernel_requests_total",
-		"GET requests answered by the XDP program.", nil, nil)
+		"GET requests answered in the kernel, by the XDP or the TC program.", nil, nil)
 	descBytes = prometheus.NewDesc("xdpcache_kernel_bytes_sent_total",
-		"UDP payload bytes of replies sent by the XDP program.", nil, nil)
+		"UDP payload bytes of replies sent by the kernel programs.", nil, nil)
+	descTCHits = prometheus.NewDesc("xdpcache_kernel_tc_hits_total",
+		"Of xdpcache_kernel_hits_total, the keys the TC program served: replies the XDP frame had no room to grow to.", nil, nil)
+	descTCRequests = prometheus.NewDesc("xdpcache_kernel_tc_requests_total",
+		"Of xdpcache_kernel_requests_total, the GET requests the TC program answered.", nil, nil)
 	descPasses = prometheus.NewDesc("xdpcache_kernel_passes_total",
-		"Packets the XDP program passed to the network stack, by reason.", []string{"reason"}, nil)
+		"Packets the kernel programs passed to the network stack, by reason (to_tc: XDP handed the request to the TC program).", []string{"reason"}, nil)
 	descRunSeconds = prometheus.NewDesc("xdpcache_kernel_program_run_seconds_total",
 		"Time the kernel spent running the XDP program (needs kernel.bpf_stats_enabled).", nil, nil)
 	descRuns = prometheus.NewDesc("xdpcache_kernel_program_runs_total",
@@ -125,7 +130,7 @@ func (o offCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descFillsSkipped, descEvictions, descRefused, descAttached} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descTCHits, descTCRequests, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descFillsSkipped, descEvictions, descRefused, descAttached} {
 		ch <- d
 	}
 }
@@ -144,6 +149,8 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_HITS]))
 	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_REQUESTS]))
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_BYTES]))
+	ch <- prometheus.MustNewConstMetric(descTCHits, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_TC_HITS]))
+	ch <- prometheus.MustNewConstMetric(descTCRequests, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_TC_REQUESTS]))
 	for idx, name := range passReasons {
 		ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(counts[idx]), name)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/xdpcache/xdpcache/internal/packet"
 	"github.com/xdpcache/xdpcache/internal/protocol"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 // selfCheckingValue encodes its version and a checksum of itself; its length varies with the
@@ -77,7 +77,7 @@ func TestConcurrentRewrites(t *testing.T) {
 					return
 				}
 				staleBelow[k].Store(int64(v))
-				if err := c.Offer(server.KernelItem{Key: key, Value: []byte(selfCheckingValue(v)), CAS: uint64(v)}); err != nil {
+				if err := c.Offer(kernelcache.Item{Key: key, Value: []byte(selfCheckingValue(v)), CAS: uint64(v)}); err != nil {
 					errs <- err
 					return
 				}
@@ -150,7 +150,7 @@ func TestConcurrentMoves(t *testing.T) {
 				staleBelow[k].Store(int64(v))
 			}
 			value := key + "|" + selfCheckingValue(v%300)
-			if err := c.Offer(server.KernelItem{Key: key, Value: []byte(value), CAS: uint64(v)}); err != nil {
+			if err := c.Offer(kernelcache.Item{Key: key, Value: []byte(value), CAS: uint64(v)}); err != nil {
 				errs <- err
 				return
 			}

@@ -15,7 +15,7 @@ import (
 
 type echoCounterSet struct {
 	_ structs.HostLayout
-	N [22]uint64
+	N [26]uint64
 }
 
 // Names of all BPF objects in the ELF.

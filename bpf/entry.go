@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/xdpcache/xdpcache/internal/packet"
+	"github.com/xdpcache/xdpcache/internal/checksum"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
@@ -119,9 +119,9 @@ func (e encoded) chunk(keyLen int, loc uint32, filled, expires uint64) []byte {
 		HdrLen:       uint16(e.hdrLen),
 		KeyLen:       uint16(keyLen),
 		CasLen:       uint16(len(e.cas)),
-		CsumData:     uint32(packet.Fold(packet.Sum(e.data))),
-		CsumGetsHead: uint32(packet.Fold(packet.Sum(getsHead))),
-		CsumTail:     uint32(packet.Fold(packet.Sum(e.data[e.hdrLen:]))),
+		CsumData:     uint32(checksum.Fold(checksum.Sum(e.data))),
+		CsumGetsHead: uint32(checksum.Fold(checksum.Sum(getsHead))),
+		CsumTail:     uint32(checksum.Fold(checksum.Sum(e.data[e.hdrLen:]))),
 		Loc:          loc,
 	}
 	b := make([]byte, 0, e.chunkLen())

@@ -12,3 +12,5 @@ go tool bpf2go -cc "$cc" -target bpfel pass c/pass.c -- $cflags
 # The same programs wrapped for BPF_PROG_RUN benchmarks (see c/bench.h); only tests load them.
 go tool bpf2go -cc "$cc" -target bpfel xdpcacheBench c/cache.c -- $cflags -DXDPCACHE_BENCH
 go tool bpf2go -cc "$cc" -target bpfel echoBench c/echo.c -- $cflags -DXDPCACHE_BENCH
+# Probes of the socket-layer hooks (SK_SKB, SK_MSG); only tests load them (see skprobe_test.go).
+go tool bpf2go -cc "$cc" -target bpfel skProbe c/sk_probe.c -- $cflags

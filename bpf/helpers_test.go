@@ -12,7 +12,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/packet"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/internal/testenv"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 const (
@@ -83,7 +83,7 @@ func run(t testing.TB, prog *ebpf.Program, frame []byte) (uint32, []byte) {
 }
 
 // reply is the server's reply payload for keys of store: frame header, VALUE lines, END.
-func reply(rid uint16, store map[string]server.KernelItem, withCAS bool, keys ...string) []byte {
+func reply(rid uint16, store map[string]kernelcache.Item, withCAS bool, keys ...string) []byte {
 	b := protocol.FrameHeader{RequestID: rid, Total: 1}.AppendTo(nil)
 	for _, k := range keys {
 		it := store[k]
@@ -139,7 +139,7 @@ func counterDelta(t testing.TB, c *Cache, f func()) [xdpcacheCounterCNT_MAX]uint
 	return after
 }
 
-func offer(t testing.TB, c *Cache, it server.KernelItem) {
+func offer(t testing.TB, c *Cache, it kernelcache.Item) {
 	t.Helper()
 	if err := c.Offer(it); err != nil {
 		t.Fatalf("Offer(%q): %v", it.Key, err)
@@ -149,8 +149,8 @@ func offer(t testing.TB, c *Cache, it server.KernelItem) {
 	}
 }
 
-func item(key, value string, flags uint32, cas uint64) server.KernelItem {
-	return server.KernelItem{Key: key, Value: []byte(value), Flags: flags, CAS: cas}
+func item(key, value string, flags uint32, cas uint64) kernelcache.Item {
+	return kernelcache.Item{Key: key, Value: []byte(value), Flags: flags, CAS: cas}
 }
 
 func keysCommand(verb string, keys ...string) string {
@@ -160,6 +160,6 @@ func keysCommand(verb string, keys ...string) string {
 func netipFrom4(b []byte) netip.Addr  { return netip.AddrFrom4([4]byte(b)) }
 func netipFrom16(b []byte) netip.Addr { return netip.AddrFrom16([16]byte(b)) }
 
-func testStoreOne() map[string]server.KernelItem {
-	return map[string]server.KernelItem{"k": item("k", "value", 0, 1)}
+func testStoreOne() map[string]kernelcache.Item {
+	return map[string]kernelcache.Item{"k": item("k", "value", 0, 1)}
 }

@@ -8,13 +8,13 @@ import (
 
 	"github.com/xdpcache/xdpcache/internal/packet"
 	"github.com/xdpcache/xdpcache/internal/protocol"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 // modelReply says what the kernel may answer for a UDP payload: the reply payload and true, or
 // false when only passing is acceptable. It is the program's contract written plainly: one whole
 // datagram, canonical get/gets, every key stored, reply within one datagram.
-func modelReply(payload []byte, store map[string]server.KernelItem) ([]byte, bool) {
+func modelReply(payload []byte, store map[string]kernelcache.Item) ([]byte, bool) {
 	h, err := protocol.ParseFrameHeader(payload)
 	if err != nil || h.Total != 1 { // memcached ignores seq and reserved
 		return nil, false

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/packet"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 // testStore is what the table tests put in the kernel cache.
-func testStore() map[string]server.KernelItem {
-	s := map[string]server.KernelItem{}
-	for _, it := range []server.KernelItem{
+func testStore() map[string]kernelcache.Item {
+	s := map[string]kernelcache.Item{}
+	for _, it := range []kernelcache.Item{
 		item("alpha", "one", 0, 11),
 		item("beta", "second value", 7, 12),
 		item("gamma", "", 4294967295, 13),
@@ -31,7 +31,7 @@ func testStore() map[string]server.KernelItem {
 	return s
 }
 
-func fill(t testing.TB, c *Cache, store map[string]server.KernelItem) {
+func fill(t testing.TB, c *Cache, store map[string]kernelcache.Item) {
 	t.Helper()
 	for _, it := range store {
 		offer(t, c, it)
@@ -242,7 +242,7 @@ func TestProgramExpiredAndFlushed(t *testing.T) {
 	if v, out := run(t, c.Program(), stay.Bytes()); v != xdpTX {
 		t.Fatalf("refill after flush: verdict %d", v)
 	} else {
-		checkReply(t, stay, out, reply(0x1234, map[string]server.KernelItem{"stay": item("stay", "again", 0, 3)}, false, "stay"))
+		checkReply(t, stay, out, reply(0x1234, map[string]kernelcache.Item{"stay": item("stay", "again", 0, 3)}, false, "stay"))
 	}
 
 	// A delayed flush stops the kernel at once (conservatively) and keeps later fills out
@@ -275,7 +275,7 @@ func TestProgramInvalidate(t *testing.T) {
 	if v != xdpTX {
 		t.Fatalf("verdict %d", v)
 	}
-	checkReply(t, req, out, reply(0x1234, map[string]server.KernelItem{"k": item("k", "newer value", 6, 3)}, false, "k"))
+	checkReply(t, req, out, reply(0x1234, map[string]kernelcache.Item{"k": item("k", "newer value", 6, 3)}, false, "k"))
 	if n, _ := c.Len(); n != 1 {
 		t.Fatalf("%d entries, want 1", n)
 	}
@@ -291,7 +291,7 @@ func TestProgramReplyMark(t *testing.T) {
 			if v != xdpTX {
 				t.Fatalf("verdict %d", v)
 			}
-			p := checkReply(t, req, out, reply(0x1234, map[string]server.KernelItem{"k": item("k", "v", 0, 1)}, false, "k"))
+			p := checkReply(t, req, out, reply(0x1234, map[string]kernelcache.Item{"k": item("k", "v", 0, 1)}, false, "k"))
 			if p.TOS != 46<<2|3 {
 				t.Fatalf("TOS %#x, want %#x", p.TOS, 46<<2|3)
 			}
@@ -325,7 +325,7 @@ func TestProgramMTU(t *testing.T) {
 // last key and before another.
 func TestProgramCopySizes(t *testing.T) {
 	c := newTestCache(t, Options{MaxEntries: 4096, MaxBytes: 64 << 20, Admission: AdmitAlways})
-	store := map[string]server.KernelItem{"tail": item("tail", "t", 0, 1)}
+	store := map[string]kernelcache.Item{"tail": item("tail", "t", 0, 1)}
 	offer(t, c, store["tail"])
 	var sizes []int
 	for n := 0; n <= 200; n++ {

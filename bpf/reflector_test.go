@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/packet"
-	"github.com/xdpcache/xdpcache/server"
+	"github.com/xdpcache/xdpcache/kernelcache"
 )
 
 // Invariant 7, "not a reflector": the allow-list, the per-source rate and the amplification cap,
@@ -37,7 +37,7 @@ func TestAllowList(t *testing.T) {
 	}})
 	offer(t, c, item("k", "value", 0, 1))
 	want := reply(0x1234, testStoreOne(), false, "k")
-	for _, src := range []string{"10.0.0.1", "10.0.0.255", "127.0.0.1", "127.9.9.9", "fd00::1", "fd00::ffff:1", "::1"} {
+	for _, src := range []string{"10.0.0.1", "10.0.0.255", "fd00::1", "fd00::ffff:1"} {
 		a := netip.MustParseAddr(src)
 		req := request(keysCommand("get", "k"))
 		if a.Is6() {
@@ -50,8 +50,9 @@ func TestAllowList(t *testing.T) {
 		}
 		checkReply(t, req, out, want)
 	}
-	// Spoofed sources outside the list: passed untouched, counted, whatever the key.
-	for _, src := range []string{"10.0.1.1", "192.0.2.7", "0.0.0.0", "255.255.255.255", "fd00:0:0:1::1", "2001:db8::1"} {
+	// Spoofed sources outside the list, loopback included (an explicit list is exactly that
+	// list, as in the server): passed untouched, counted, whatever the key.
+	for _, src := range []string{"10.0.1.1", "192.0.2.7", "0.0.0.0", "255.255.255.255", "fd00:0:0:1::1", "2001:db8::1", "127.0.0.1", "127.9.9.9", "::1"} {
 		a := netip.MustParseAddr(src)
 		req := request(keysCommand("get", "k"))
 		if a.Is6() {
@@ -82,15 +83,35 @@ func TestAllowList(t *testing.T) {
 	}
 }
 
-func TestAllowListLoopbackOnly(t *testing.T) {
+func TestAllowListEmptyAndDefault(t *testing.T) {
 	c := newTestCache(t, Options{AllowSources: []netip.Prefix{}})
 	offer(t, c, item("k", "value", 0, 1))
-	if d := runPass(t, c, request(keysCommand("get", "k")).Bytes()); d[xdpcacheCounterPASS_NOT_ALLOWED] != 1 {
-		t.Fatalf("counters %v: want a not_allowed pass for 10.0.0.1", d)
+	for _, src := range []string{"10.0.0.1", "127.0.0.1"} {
+		req := fromSource(request(keysCommand("get", "k")), netip.MustParseAddr(src))
+		if d := runPass(t, c, req.Bytes()); d[xdpcacheCounterPASS_NOT_ALLOWED] != 1 {
+			t.Fatalf("empty list, source %s: counters %v, want a not_allowed pass", src, d)
+		}
 	}
-	lo := fromSource(request(keysCommand("get", "k")), netip.MustParseAddr("127.0.0.1"))
-	if v, _ := run(t, c.Program(), lo.Bytes()); v != xdpTX {
-		t.Fatalf("loopback: verdict %d, want XDP_TX", v)
+	// No list: loopback (and, once attached, the interface's subnets).
+	d, err := New(Options{MaxEntries: 64, MaxBytes: 1 << 20, Admission: AdmitAlways})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
+	offer(t, d, item("k", "value", 0, 1))
+	for _, src := range []string{"127.0.0.1", "127.1.2.3", "::1"} {
+		a := netip.MustParseAddr(src)
+		req := request(keysCommand("get", "k"))
+		if a.Is6() {
+			req = request6(keysCommand("get", "k"))
+		}
+		req = fromSource(req, a)
+		if v, _ := run(t, d.Program(), req.Bytes()); v != xdpTX {
+			t.Fatalf("default list, loopback %v: verdict %d, want XDP_TX", a, v)
+		}
+	}
+	if dd := runPass(t, d, request(keysCommand("get", "k")).Bytes()); dd[xdpcacheCounterPASS_NOT_ALLOWED] != 1 {
+		t.Fatalf("default list, 10.0.0.1 unattached: counters %v, want a not_allowed pass", dd)
 	}
 }
 
@@ -153,7 +174,7 @@ func TestRateLimitRefills(t *testing.T) {
 
 func TestAmplificationCap(t *testing.T) {
 	c := newTestCache(t, Options{MaxAmplification: 10})
-	store := map[string]server.KernelItem{
+	store := map[string]kernelcache.Item{
 		"small": item("small", "v", 0, 1),
 		"big":   item("big", strings.Repeat("b", 300), 0, 2),
 	}

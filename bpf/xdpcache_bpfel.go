@@ -56,12 +56,16 @@ const (
 	xdpcacheCounterPASS_NOT_ALLOWED   xdpcacheCounter = 19
 	xdpcacheCounterPASS_RATE_LIMITED  xdpcacheCounter = 20
 	xdpcacheCounterPASS_AMPLIFICATION xdpcacheCounter = 21
-	xdpcacheCounterCNT_MAX            xdpcacheCounter = 22
+	xdpcacheCounterPASS_TO_TC         xdpcacheCounter = 22
+	xdpcacheCounterCNT_TC_REQUESTS    xdpcacheCounter = 23
+	xdpcacheCounterCNT_TC_HITS        xdpcacheCounter = 24
+	xdpcacheCounterCNT_TC_BYTES       xdpcacheCounter = 25
+	xdpcacheCounterCNT_MAX            xdpcacheCounter = 26
 )
 
 type xdpcacheCounterSet struct {
 	_ structs.HostLayout
-	N [22]uint64
+	N [26]uint64
 }
 
 type xdpcacheEntryHdr struct {
@@ -76,6 +80,13 @@ type xdpcacheEntryHdr struct {
 	CsumGetsHead uint32
 	CsumTail     uint32
 	Loc          uint32
+}
+
+type xdpcacheHandoff struct {
+	_    structs.HostLayout
+	Key  [8]uint64
+	Next uint32
+	_    [4]byte
 }
 
 type xdpcacheIn6Addr struct {
@@ -122,9 +133,11 @@ const (
 	xdpcacheMapAllowSources     = "allow_sources"
 	xdpcacheMapArena            = "arena"
 	xdpcacheMapCounters         = "counters"
+	xdpcacheMapHandoffMap       = "handoff_map"
 	xdpcacheMapIndexMap         = "index_map"
 	xdpcacheMapScratchMap       = "scratch_map"
 	xdpcacheMapSourceTat        = "source_tat"
+	xdpcacheProgTcCache         = "tc_cache"
 	xdpcacheProgXdpCache        = "xdp_cache"
 	xdpcacheVarAllowGen         = "allow_gen"
 	xdpcacheVarCfgBurstNs       = "cfg_burst_ns"
@@ -135,6 +148,7 @@ const (
 	xdpcacheVarCfgPort          = "cfg_port"
 	xdpcacheVarCfgReplyDscp     = "cfg_reply_dscp"
 	xdpcacheVarFlushedBeforeNs  = "flushed_before_ns"
+	xdpcacheVarTcReady          = "tc_ready"
 	xdpcacheVarUnusedCounter    = "unused_counter"
 	xdpcacheVarUnusedCounterSet = "unused_counter_set"
 	xdpcacheVarUnusedEntryHdr   = "unused_entry_hdr"
@@ -182,6 +196,7 @@ type xdpcacheSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheProgramSpecs struct {
+	TcCache  *ebpf.ProgramSpec `ebpf:"tc_cache"`
 	XdpCache *ebpf.ProgramSpec `ebpf:"xdp_cache"`
 }
 
@@ -193,6 +208,7 @@ type xdpcacheMapSpecs struct {
 	AllowSources *ebpf.MapSpec `ebpf:"allow_sources"`
 	Arena        *ebpf.MapSpec `ebpf:"arena"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	HandoffMap   *ebpf.MapSpec `ebpf:"handoff_map"`
 	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
 	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
 	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
@@ -211,6 +227,7 @@ type xdpcacheVariableSpecs struct {
 	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
+	TcReady          *ebpf.VariableSpec `ebpf:"tc_ready"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
 	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
@@ -240,6 +257,7 @@ type xdpcacheMaps struct {
 	AllowSources *ebpf.Map `ebpf:"allow_sources"`
 	Arena        *ebpf.Map `ebpf:"arena"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	HandoffMap   *ebpf.Map `ebpf:"handoff_map"`
 	IndexMap     *ebpf.Map `ebpf:"index_map"`
 	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
 	SourceTat    *ebpf.Map `ebpf:"source_tat"`
@@ -251,6 +269,7 @@ func (m *xdpcacheMaps) Close() error {
 		m.AllowSources,
 		m.Arena,
 		m.Counters,
+		m.HandoffMap,
 		m.IndexMap,
 		m.ScratchMap,
 		m.SourceTat,
@@ -270,6 +289,7 @@ type xdpcacheVariables struct {
 	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
+	TcReady          *ebpf.Variable `ebpf:"tc_ready"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
 	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
@@ -279,11 +299,13 @@ type xdpcacheVariables struct {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcachePrograms struct {
+	TcCache  *ebpf.Program `ebpf:"tc_cache"`
 	XdpCache *ebpf.Program `ebpf:"xdp_cache"`
 }
 
 func (p *xdpcachePrograms) Close() error {
 	return _XdpcacheClose(
+		p.TcCache,
 		p.XdpCache,
 	)
 }

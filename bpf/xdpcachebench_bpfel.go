@@ -40,7 +40,14 @@ type xdpcacheBenchBenchPkt struct {
 
 type xdpcacheBenchCounterSet struct {
 	_ structs.HostLayout
-	N [22]uint64
+	N [26]uint64
+}
+
+type xdpcacheBenchHandoff struct {
+	_    structs.HostLayout
+	Key  [8]uint64
+	Next uint32
+	_    [4]byte
 }
 
 type xdpcacheBenchIn6Addr struct {
@@ -88,9 +95,11 @@ const (
 	xdpcacheBenchMapArena            = "arena"
 	xdpcacheBenchMapBenchPacket      = "bench_packet"
 	xdpcacheBenchMapCounters         = "counters"
+	xdpcacheBenchMapHandoffMap       = "handoff_map"
 	xdpcacheBenchMapIndexMap         = "index_map"
 	xdpcacheBenchMapScratchMap       = "scratch_map"
 	xdpcacheBenchMapSourceTat        = "source_tat"
+	xdpcacheBenchProgTcCache         = "tc_cache"
 	xdpcacheBenchProgXdpCache        = "xdp_cache"
 	xdpcacheBenchProgXdpCacheBench   = "xdp_cache_bench"
 	xdpcacheBenchProgXdpRestoreOnly  = "xdp_restore_only"
@@ -103,6 +112,7 @@ const (
 	xdpcacheBenchVarCfgPort          = "cfg_port"
 	xdpcacheBenchVarCfgReplyDscp     = "cfg_reply_dscp"
 	xdpcacheBenchVarFlushedBeforeNs  = "flushed_before_ns"
+	xdpcacheBenchVarTcReady          = "tc_ready"
 	xdpcacheBenchVarUnusedCounter    = "unused_counter"
 	xdpcacheBenchVarUnusedCounterSet = "unused_counter_set"
 	xdpcacheBenchVarUnusedEntryHdr   = "unused_entry_hdr"
@@ -150,6 +160,7 @@ type xdpcacheBenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchProgramSpecs struct {
+	TcCache        *ebpf.ProgramSpec `ebpf:"tc_cache"`
 	XdpCache       *ebpf.ProgramSpec `ebpf:"xdp_cache"`
 	XdpCacheBench  *ebpf.ProgramSpec `ebpf:"xdp_cache_bench"`
 	XdpRestoreOnly *ebpf.ProgramSpec `ebpf:"xdp_restore_only"`
@@ -164,6 +175,7 @@ type xdpcacheBenchMapSpecs struct {
 	Arena        *ebpf.MapSpec `ebpf:"arena"`
 	BenchPacket  *ebpf.MapSpec `ebpf:"bench_packet"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	HandoffMap   *ebpf.MapSpec `ebpf:"handoff_map"`
 	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
 	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
 	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
@@ -182,6 +194,7 @@ type xdpcacheBenchVariableSpecs struct {
 	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
+	TcReady          *ebpf.VariableSpec `ebpf:"tc_ready"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
 	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
@@ -212,6 +225,7 @@ type xdpcacheBenchMaps struct {
 	Arena        *ebpf.Map `ebpf:"arena"`
 	BenchPacket  *ebpf.Map `ebpf:"bench_packet"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	HandoffMap   *ebpf.Map `ebpf:"handoff_map"`
 	IndexMap     *ebpf.Map `ebpf:"index_map"`
 	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
 	SourceTat    *ebpf.Map `ebpf:"source_tat"`
@@ -224,6 +238,7 @@ func (m *xdpcacheBenchMaps) Close() error {
 		m.Arena,
 		m.BenchPacket,
 		m.Counters,
+		m.HandoffMap,
 		m.IndexMap,
 		m.ScratchMap,
 		m.SourceTat,
@@ -243,6 +258,7 @@ type xdpcacheBenchVariables struct {
 	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
 	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
 	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
+	TcReady          *ebpf.Variable `ebpf:"tc_ready"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
 	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
@@ -252,6 +268,7 @@ type xdpcacheBenchVariables struct {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchPrograms struct {
+	TcCache        *ebpf.Program `ebpf:"tc_cache"`
 	XdpCache       *ebpf.Program `ebpf:"xdp_cache"`
 	XdpCacheBench  *ebpf.Program `ebpf:"xdp_cache_bench"`
 	XdpRestoreOnly *ebpf.Program `ebpf:"xdp_restore_only"`
@@ -259,6 +276,7 @@ type xdpcacheBenchPrograms struct {
 
 func (p *xdpcacheBenchPrograms) Close() error {
 	return _XdpcacheBenchClose(
+		p.TcCache,
 		p.XdpCache,
 		p.XdpCacheBench,
 		p.XdpRestoreOnly,

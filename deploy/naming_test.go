@@ -106,7 +106,8 @@ func checkNaming(t *testing.T, fams []family) {
 	}
 }
 
-// TestMetricNaming holds every exported family to the conventions in DESIGN.md and STYLE.md.
+// TestMetricNaming holds every exported family to the conventions of docs/DESIGN.md, section
+// Metrics.
 func TestMetricNaming(t *testing.T) {
 	checkNaming(t, commonFamilies(t))
 	t.Run("kernel", func(t *testing.T) { checkNaming(t, kernelFamilies(t)) })

@@ -19,7 +19,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-// BenchmarkCeiling measures the generator's own ceiling (issue #4): open loop, one P, against the
+// BenchmarkCeiling measures the generator's own ceiling: open loop, one P, against the
 // bare XDP echo program on lo in generic mode, compared in the same run with a bare batched
 // closed-loop UDP client, the most a single core can push through the same path. Run it pinned to
 // one CPU and once (scripts/experiment-ceiling.sh does both):
@@ -28,7 +28,7 @@ import (
 //
 // Five rounds alternate the bare client and the generator offered the rate the bare client just
 // reached. Metrics: baseline_req/s (median bare rate), open_ratio (median of each round's
-// achieved/bare; the issue asks for at least 0.8), max_req/s (generator offered 1.5x the median:
+// achieved/bare; the target is at least 0.8), max_req/s (generator offered 1.5x the median:
 // what it achieves when pushed), lag_p99_at_0.8_us (send lag at 0.8x the median, where the
 // schedule should hold).
 func BenchmarkCeiling(b *testing.B) {

@@ -115,7 +115,7 @@ func (f *fakeUDP) handle(d []byte, from *net.UDPAddr, at time.Time) {
 		f.dropped.Add(1)
 		return
 	}
-	line, ok := firstLine(d[protocol.FrameHeaderLen:])
+	line, _, ok := protocol.CutLine(d[protocol.FrameHeaderLen:])
 	if !ok {
 		return
 	}

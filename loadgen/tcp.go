@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xdpcache/xdpcache/internal/protocol"
 	"github.com/xdpcache/xdpcache/loadgen/workload"
 )
 
@@ -122,25 +123,25 @@ func (t *tcpTransport) readReply() (Class, []byte, error) {
 
 // parseReply parses one reply at the start of buf. n is 0 when buf holds only part of it.
 func parseReply(buf []byte) (n int, class Class, key []byte, err error) {
-	line, ok := firstLine(buf)
+	line, _, ok := protocol.CutLine(buf)
 	if !ok {
 		return 0, 0, nil, nil
 	}
 	after := len(line) + 2
 	switch {
 	case bytes.HasPrefix(line, []byte("VALUE ")):
-		k, size, ok := parseValueLine(line)
+		v, ok := protocol.ParseValueLine(line)
 		if !ok {
 			return after, 0, nil, errReply
 		}
-		end := after + size + 2 + len("END\r\n")
+		end := after + v.Size + 2 + len(protocol.End)
 		if len(buf) < end {
 			return 0, 0, nil, nil
 		}
-		if string(buf[after+size:end]) != "\r\nEND\r\n" {
+		if string(buf[after+v.Size:end]) != "\r\n"+protocol.End {
 			return end, 0, nil, errReply
 		}
-		return end, UserHit, k, nil
+		return end, UserHit, v.Key, nil
 	case string(line) == "END":
 		return after, UserMiss, nil, nil
 	case string(line) == "STORED":

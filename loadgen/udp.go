@@ -348,18 +348,18 @@ func (t *udpTransport) classifyLocked(s *udpSlot, p []byte, tos int) {
 	kernel := t.w.ctl.kernelTOS >= 0 && tos >= 0 && tos&^3 == t.w.ctl.kernelTOS
 	switch {
 	case s.kind == opGet && bytes.HasPrefix(p, []byte("VALUE ")):
-		line, ok := firstLine(p)
+		line, _, ok := protocol.CutLine(p)
 		if !ok {
 			s.bad = true
 			return
 		}
-		key, size, ok := parseValueLine(line)
+		v, ok := protocol.ParseValueLine(line)
 		t.keyBuf = t.ks.Append(t.keyBuf[:0], s.key)
-		if !ok || !bytes.Equal(key, t.keyBuf) {
+		if !ok || !bytes.Equal(v.Key, t.keyBuf) {
 			s.bad = true
 			return
 		}
-		s.want = len(line) + 2 + size + 2 + len(protocol.End)
+		s.want = len(line) + 2 + v.Size + 2 + len(protocol.End)
 		s.class = UserHit
 		if kernel {
 			s.class = KernelHit
@@ -444,67 +444,6 @@ func (t *udpTransport) close() error {
 		return fmt.Errorf("close UDP socket: %w", err)
 	}
 	return nil
-}
-
-// firstLine returns p up to its first CRLF, without it.
-func firstLine(p []byte) ([]byte, bool) {
-	i := bytes.Index(p, []byte("\r\n"))
-	if i < 0 {
-		return nil, false
-	}
-	return p[:i], true
-}
-
-// parseValueLine parses "VALUE <key> <flags> <bytes>[ <cas>]" without allocating.
-func parseValueLine(line []byte) (key []byte, size int, ok bool) {
-	rest, found := bytes.CutPrefix(line, []byte("VALUE "))
-	if !found {
-		return nil, 0, false
-	}
-	var f [4][]byte
-	n := 0
-	for len(rest) > 0 && n < len(f) {
-		i := bytes.IndexByte(rest, ' ')
-		if i < 0 {
-			i = len(rest)
-		}
-		if i > 0 {
-			f[n] = rest[:i]
-			n++
-		}
-		rest = rest[min(i+1, len(rest)):]
-	}
-	if n < 3 || len(bytes.TrimSpace(rest)) > 0 {
-		return nil, 0, false
-	}
-	if _, ok := atou(f[1]); !ok {
-		return nil, 0, false
-	}
-	sz, ok := atou(f[2])
-	if !ok || sz > 1<<30 {
-		return nil, 0, false
-	}
-	if n == 4 {
-		if _, ok := atou(f[3]); !ok {
-			return nil, 0, false
-		}
-	}
-	return f[0], int(sz), true
-}
-
-// atou parses a decimal uint64 of at most 19 digits.
-func atou(b []byte) (uint64, bool) {
-	if len(b) == 0 || len(b) > 19 {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		v = v*10 + uint64(c-'0')
-	}
-	return v, true
 }
 
 // parseCmsgs finds the IPv4 TOS or IPv6 traffic class (-1 if absent) and the kernel receive

@@ -200,7 +200,7 @@ func (w *worker) countUnsent(next float64, stop int64) {
 // waitUntil returns at t or soon after, or early when the run stops.
 func (w *worker) waitUntil(t int64) {
 	const (
-		spinBelow = 15 * time.Microsecond // nanosleep with 1 ns slack wakes ~20 µs late
+		spinBelow = 15 * time.Microsecond // about how late a nanosleep with 1 ns slack wakes
 		maxChunk  = 10 * time.Millisecond // notice a stop within this
 	)
 	for {

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The load generator's own ceiling (issue #4): open loop on one core against the bare XDP echo
+# The load generator's own ceiling: open loop on one core against the bare XDP echo
 # program on lo (generic mode), against a bare batched closed-loop UDP client in the same run.
 # Needs root (XDP attach). Pins the whole test process to one CPU so both clients get one core.
 #
-#   sudo scripts/experiment-ceiling.sh [CPU] [RUNS]
+#   scripts/experiment-ceiling.sh [CPU] [RUNS]
 #
-# Prints each run's figures and the ratio open-loop/bare; the issue asks for at least 0.8.
+# Prints each run's figures and the ratio open-loop/bare (the target is at least 0.8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cpu=${1:-1}

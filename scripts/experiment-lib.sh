@@ -10,5 +10,5 @@ if [ -z "${BIN:-}" ]; then
 	go build -o bin/xdpcache ./cmd/xdpcache
 	export BIN=bin/xdpcache
 fi
-go build -o bin/xp ./internal/experiment/cmd/xp
+go build -o bin/xp ./internal/lab/experiment/cmd/xp
 xp() { bin/xp "$@"; }

@@ -3,8 +3,8 @@
 # client namespaces over a veth pair, kernel path on, replies marked) once per point of the sweep
 # and prints one line per run from each bench JSON. Needs root.
 #
-#   sudo scripts/experiment-skew.sh
-#   sudo THETAS="0.6 0.99 1.2" VALUES="32 512" RATE=50000 DURATION=20s scripts/experiment-skew.sh
+#   scripts/experiment-skew.sh
+#   THETAS="0.6 0.99 1.2" VALUES="32 512" RATE=50000 DURATION=20s scripts/experiment-skew.sh
 #
 # BIN=path uses an existing binary instead of building one.
 # Results (bench.json, bench.png, serve.log per run) go under $OUT (default results/skew-TIME).

@@ -14,14 +14,19 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
 // The UDP guard keeps the server from being a reflector (DESIGN.md invariant 7), with the same
 // three rules the kernel path applies: a datagram is answered only if its source is in the
 // allow-list, its source's token bucket has a token, and the reply is at most MaxAmplification
-// times the request's size. Anything over a limit is dropped without a reply and counted by reason.
-// UDP sources can be forged, so these rules bound what a forger can make the server send to a
-// victim; they authenticate nothing.
+// times the request's size. A datagram from a source not allowed or over its rate is dropped
+// without a reply: answering it would reflect at whoever the source claims to be. A reply over
+// the cap is replaced by the short tooLargeForUDP error, so that an allowed client learns to use
+// TCP instead of timing out; the error itself obeys the cap, else nothing is sent. Everything is
+// counted by reason. UDP sources can be forged, so these rules bound what a forger can make the
+// server send to a victim; they authenticate nothing.
 
 // refuseReason indexes the guard's counters.
 type refuseReason int
@@ -34,6 +39,10 @@ const (
 )
 
 var refuseNames = [numRefuseReasons]string{"source", "rate", "amplification"}
+
+// tooLargeForUDP answers a UDP request whose reply is over the amplification cap. memcached
+// never refuses a reply; this is ours. With its frame header it is 56 bytes.
+const tooLargeForUDP = "SERVER_ERROR object too large for UDP, use TCP\r\n"
 
 // ErrGuardConfig is a UDP guard setting out of range.
 var ErrGuardConfig = errors.New("server: invalid UDP guard setting")
@@ -62,6 +71,8 @@ type guard struct {
 	buckets  []bucket
 	locks    [rateStripes]sync.Mutex
 	refused  [numRefuseReasons]atomic.Uint64
+	// answered counts the refusals answered with an error (amplification only).
+	answered [numRefuseReasons]atomic.Uint64
 }
 
 // bucket is one slot of the token bucket table.
@@ -247,18 +258,42 @@ func (g *guard) take(src netip.Addr, now int64) bool {
 // slot is src's place in the token bucket table.
 func (g *guard) slot(src netip.Addr) uint64 { return maphash.Comparable(g.seed, src) % rateSlots }
 
+// within reports whether replies totalling replyBytes may answer a request of reqBytes.
+func (g *guard) within(reqBytes, replyBytes int) bool {
+	return g.maxAmp == 0 || float64(replyBytes) <= g.maxAmp*float64(reqBytes)
+}
+
 // fits reports whether replies totalling replyBytes may answer a request of reqBytes, and counts
 // a refusal.
 func (g *guard) fits(reqBytes, replyBytes int) bool {
-	if g.maxAmp == 0 || float64(replyBytes) <= g.maxAmp*float64(reqBytes) {
+	if g.within(reqBytes, replyBytes) {
 		return true
 	}
 	g.refused[refuseAmplification].Add(1)
 	return false
 }
 
-// Refused returns how many UDP datagrams the guard dropped, by reason: "source" (not in the
-// allow-list), "rate" (source over its rate) and "amplification" (reply over the cap).
+// tooLarge returns the datagram that answers req (frame header included) in place of a reply over
+// the cap: one message with req's request ID carrying tooLargeForUDP. It returns nil, and the
+// request gets no reply, when even that would be over the cap or req has no valid frame header.
+func (g *guard) tooLarge(req []byte) []byte {
+	h, err := protocol.ParseFrameHeader(req)
+	if err != nil {
+		return nil
+	}
+	d := make([]byte, 0, protocol.FrameHeaderLen+len(tooLargeForUDP))
+	d = protocol.FrameHeader{RequestID: h.RequestID, Total: 1}.AppendTo(d)
+	d = append(d, tooLargeForUDP...)
+	if !g.within(len(req), len(d)) {
+		return nil
+	}
+	g.answered[refuseAmplification].Add(1)
+	return d
+}
+
+// Refused returns how many UDP requests the guard refused, by reason: "source" (not in the
+// allow-list) and "rate" (source over its rate), both dropped unanswered, and "amplification"
+// (reply over the cap), answered with a short error when that fits the cap (RefusalsAnswered).
 func (s *Server) Refused() map[string]uint64 {
 	out := make(map[string]uint64, numRefuseReasons)
 	for i, n := range refuseNames {
@@ -267,17 +302,26 @@ func (s *Server) Refused() map[string]uint64 {
 	return out
 }
 
+// RefusalsAnswered returns how many refused UDP requests got an error reply instead of the reply
+// they asked for, by reason; only "amplification" is ever answered.
+func (s *Server) RefusalsAnswered() map[string]uint64 {
+	return map[string]uint64{refuseNames[refuseAmplification]: s.guard.answered[refuseAmplification].Load()}
+}
+
 // guardCollector exports the UDP refusals as xdpcache_udp_refused_total{reason} and the TCP
 // connections closed for hostile behaviour as xdpcache_tcp_closed_total{reason}.
 type guardCollector struct {
-	s               *Server
-	refused, closed *prometheus.Desc
+	s                         *Server
+	refused, answered, closed *prometheus.Desc
 }
 
 func (s *Server) guardCollector() prometheus.Collector {
 	return guardCollector{s: s,
 		refused: prometheus.NewDesc("xdpcache_udp_refused_total",
-			"UDP datagrams the server dropped unanswered: source not allowed, source over its rate, or reply over the amplification cap.",
+			"UDP requests the server refused: source not allowed or over its rate (dropped unanswered), or reply over the amplification cap (see xdpcache_udp_refusals_answered_total).",
+			[]string{"reason"}, nil),
+		answered: prometheus.NewDesc("xdpcache_udp_refusals_answered_total",
+			"Refused UDP requests answered with a short SERVER_ERROR telling the client to use TCP instead of the reply (reply over the amplification cap; the error fits the cap).",
 			[]string{"reason"}, nil),
 		closed: prometheus.NewDesc("xdpcache_tcp_closed_total",
 			"TCP connections the server closed: idle past the idle timeout, not reading replies past the write timeout, or over the read buffer limit.",
@@ -285,12 +329,18 @@ func (s *Server) guardCollector() prometheus.Collector {
 	}
 }
 
-func (c guardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.refused; ch <- c.closed }
+func (c guardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.refused
+	ch <- c.answered
+	ch <- c.closed
+}
 
 func (c guardCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, n := range refuseNames {
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.guard.refused[i].Load()), n)
 	}
+	ch <- prometheus.MustNewConstMetric(c.answered, prometheus.CounterValue,
+		float64(c.s.guard.answered[refuseAmplification].Load()), refuseNames[refuseAmplification])
 	for i, n := range closeNames {
 		ch <- prometheus.MustNewConstMetric(c.closed, prometheus.CounterValue, float64(c.s.tcpLim.closed[i].Load()), n)
 	}

@@ -219,10 +219,12 @@ func TestGuardBucket(t *testing.T) {
 	}
 }
 
-// Every reply the server sends is within the amplification cap; one over it is dropped and counted.
+// Every reply the server sends is within the amplification cap; one over it is replaced by a short
+// SERVER_ERROR in one datagram with the request's ID, itself within the cap, and counted.
 func TestGuardAmplification(t *testing.T) {
 	const maxAmp = 10
-	ts := startServer(t, Config{MaxAmplification: maxAmp})
+	ts := startServer(t, Config{MaxAmplification: maxAmp,
+		AllowSources: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
 	tc := dialText(t, ts.tcpAddr)
 	tc.roundTrip("set small 0 0 5\r\nhello\r\n")
 	tc.roundTrip("set big 0 0 1000\r\n" + strings.Repeat("x", 1000) + "\r\n")
@@ -237,11 +239,32 @@ func TestGuardAmplification(t *testing.T) {
 			t.Fatalf("%q: %d reply bytes for %d request bytes, over the cap %d: %q", req, size, reqSize, maxAmp, reply)
 		}
 	}
-	if reply, _, ok := u.ask("get big\r\n", 200*time.Millisecond); ok {
-		t.Fatalf("a reply 60 times its request was sent: %d bytes", len(reply))
+	const want = "SERVER_ERROR object too large for UDP, use TCP\r\n"
+	reply, size, ok := u.ask("get big\r\n", 2*time.Second)
+	if !ok || reply != want {
+		t.Fatalf("get big over UDP: %q (ok %v), want %q", reply, ok, want)
 	}
-	if got := ts.Refused()["amplification"]; got != 1 {
-		t.Errorf("refused[amplification] = %d, want 1", got)
+	if reqSize := protocol.FrameHeaderLen + len("get big\r\n"); size != protocol.FrameHeaderLen+len(want) || float64(size) > maxAmp*float64(reqSize) {
+		t.Errorf("the error is %d bytes for a %d-byte request: want one %d-byte datagram within the cap",
+			size, reqSize, protocol.FrameHeaderLen+len(want))
+	}
+	// Several requests in one datagram: one error message for all of them.
+	if reply, _, ok := u.ask("get small\r\nget big\r\n", 2*time.Second); !ok || reply != want {
+		t.Fatalf("two gets over the cap: %q (ok %v), want %q", reply, ok, want)
+	}
+	if got := ts.Refused()["amplification"]; got != 2 {
+		t.Errorf("refused[amplification] = %d, want 2", got)
+	}
+	if got := ts.RefusalsAnswered()["amplification"]; got != 2 {
+		t.Errorf("answered[amplification] = %d, want 2", got)
+	}
+	// A source outside the allow-list gets nothing, over the cap or not: answering it would
+	// reflect at whoever it claims to be.
+	if reply, _, ok := dialUDPFrom(t, "127.0.0.2", ts.udpAddr).ask("get big\r\n", 200*time.Millisecond); ok {
+		t.Fatalf("a source outside the allow-list was answered: %q", reply)
+	}
+	if got := ts.RefusalsAnswered()["amplification"]; got != 2 {
+		t.Errorf("answered[amplification] = %d after a refused source, want 2", got)
 	}
 	// Over TCP there is no source to forge: the same get is answered.
 	if got := tc.roundTrip("get big\r\n"); !strings.HasPrefix(got, "VALUE big 0 1000\r\n") {
@@ -249,30 +272,56 @@ func TestGuardAmplification(t *testing.T) {
 	}
 }
 
+// When even the error would be over the cap, the request gets no reply at all.
+func TestGuardAmplificationErrorOverCap(t *testing.T) {
+	ts := startServer(t, Config{MaxAmplification: 1})
+	dialText(t, ts.tcpAddr).roundTrip("set k 0 0 100\r\n" + strings.Repeat("x", 100) + "\r\n")
+	u := dialUDPFrom(t, "127.0.0.1", ts.udpAddr)
+	if reply, _, ok := u.ask("get k\r\n", 200*time.Millisecond); ok {
+		t.Fatalf("a 15-byte request with cap 1 was answered: %q", reply)
+	}
+	if got, answered := ts.Refused()["amplification"], ts.RefusalsAnswered()["amplification"]; got != 1 || answered != 0 {
+		t.Errorf("refused %d, answered %d; want 1, 0", got, answered)
+	}
+}
+
 func TestGuardMetric(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	ts := startServer(t, Config{Registry: reg, AllowSources: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	ts := startServer(t, Config{Registry: reg, MaxAmplification: 3,
+		AllowSources: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
 	dialUDPFrom(t, "127.0.0.2", ts.udpAddr).ask("version\r\n", 100*time.Millisecond)
+	dialText(t, ts.tcpAddr).roundTrip("set k 0 0 100\r\n" + strings.Repeat("x", 100) + "\r\n")
+	if reply, _, ok := dialUDPFrom(t, "127.0.0.1", ts.udpAddr).ask("get k k k k k\r\n", 2*time.Second); !ok || !strings.HasPrefix(reply, "SERVER_ERROR ") {
+		t.Fatalf("get over the cap: %q (ok %v), want a SERVER_ERROR", reply, ok)
+	}
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]float64{}
+	got := map[string]map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() != "xdpcache_udp_refused_total" {
+		name := mf.GetName()
+		if name != "xdpcache_udp_refused_total" && name != "xdpcache_udp_refusals_answered_total" {
 			continue
 		}
+		got[name] = map[string]float64{}
 		for _, m := range mf.GetMetric() {
-			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			got[name][m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
 		}
 	}
-	want := map[string]float64{"source": 1, "rate": 0, "amplification": 0}
-	if len(got) != len(want) {
-		t.Fatalf("xdpcache_udp_refused_total = %v, want %v", got, want)
+	want := map[string]map[string]float64{
+		"xdpcache_udp_refused_total":           {"source": 1, "rate": 0, "amplification": 1},
+		"xdpcache_udp_refusals_answered_total": {"amplification": 1},
 	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("xdpcache_udp_refused_total{reason=%q} = %v, want %v", k, got[k], v)
+	for name, w := range want {
+		if len(got[name]) != len(w) {
+			t.Errorf("%s = %v, want %v", name, got[name], w)
+			continue
+		}
+		for k, v := range w {
+			if got[name][k] != v {
+				t.Errorf("%s{reason=%q} = %v, want %v", name, k, got[name][k], v)
+			}
 		}
 	}
 }

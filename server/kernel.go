@@ -1,62 +1,18 @@
 package server
 
-import "time"
+import "github.com/xdpcache/xdpcache/kernelcache"
 
-// KernelItem is what the kernel cache needs to serve one item: the same fields the server encodes
-// with protocol.AppendValue, plus the absolute expiry.
-type KernelItem struct {
-	Key   string
-	Flags uint32
-	Value []byte
-	CAS   uint64
-	// Expires is when the item stops being servable; the zero Time means never.
-	Expires time.Time
-}
-
-// KernelStats are the kernel path's own counters, summed over CPUs.
-type KernelStats struct {
-	// Requests is the number of GET requests the kernel answered (a multi-key get counts once).
-	Requests uint64
-	// Hits is the number of keys the kernel served (a multi-key get of n keys counts n), so that
-	// get_hits and cmd_get can include them the way memcached counts keys.
-	Hits uint64
-	// BytesSent is the UDP payload bytes of kernel replies.
-	BytesSent uint64
-	// Fills counts entries installed (new keys and new versions), FillsSkipped admitted ones
-	// with no free memory, Evictions live entries dropped to make room for others,
-	// AdmissionsRefused new keys the admission policy kept out.
-	Fills, FillsSkipped, Evictions, AdmissionsRefused uint64
-}
-
-// KernelCache is the in-kernel copy of hot items that the XDP program serves. The server owns this
-// interface and the bpf package implements it, so the server never imports bpf.
-//
-// Consistency (DESIGN.md invariants 1 and 2) rests on one rule: the server calls every method while
-// holding the store lock of the key involved, the same lock every write to that key takes. A fill
-// therefore never races a write of the same key, and a write's Invalidate has returned, with the
-// kernel no longer able to serve the old value, before the write is acknowledged.
-//
-// Implementations must be safe for concurrent use by goroutines holding locks of different keys.
-type KernelCache interface {
-	// Invalidate stops the kernel serving key. It must not return until no later packet can be
-	// answered with the old value. It is called for every mutation, expiry and eviction of key.
-	Invalidate(key string) error
-	// Offer is called when userspace answered a UDP GET hit for it. The kernel cache applies its
-	// admission policy and may copy it in; items it cannot serve (too large, bad key) are ignored.
-	Offer(it KernelItem) error
-	// Flush makes every entry installed before deadline unservable from deadline on, in O(1).
-	// A deadline not after now takes effect at once.
-	Flush(deadline time.Time) error
-	// Stats reads the kernel counters.
-	Stats() (KernelStats, error)
-}
-
-// KernelFetches is implemented by kernel caches that can say which items they served. Maintain
-// records those fetches in the store (LRU position, fetched flag, last access), so that an item
-// only the kernel answers does not look cold to the store's eviction: otherwise the hottest
-// keys would be evicted first, and their kernel copies with them.
-type KernelFetches interface {
-	// TakeFetched calls fn with the key of each item served since the last call, at most once
-	// per item per call.
-	TakeFetched(fn func(key string))
-}
+// The server's names for the kernel contract, which package kernelcache states (its Cache
+// documents the consistency rule the server keeps: every call under the store lock of the key).
+// The server owns no kernel code: the bpf package implements kernelcache.Cache, and neither
+// package imports the other.
+type (
+	// KernelItem is kernelcache.Item.
+	KernelItem = kernelcache.Item
+	// KernelStats is kernelcache.Stats.
+	KernelStats = kernelcache.Stats
+	// KernelCache is kernelcache.Cache.
+	KernelCache = kernelcache.Cache
+	// KernelFetches is kernelcache.Fetches.
+	KernelFetches = kernelcache.Fetches
+)

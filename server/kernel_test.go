@@ -166,7 +166,7 @@ func firstLine(s string) string {
 
 // TestKernelNeverServesStaleAfterAck races UDP get hits (which fill the kernel) against
 // acknowledged sets of the same key: once a set is acknowledged, the kernel may hold that value
-// or nothing, never an older one (DESIGN.md invariant 1).
+// or nothing, never an older one (docs/DESIGN.md invariant 1).
 func TestKernelNeverServesStaleAfterAck(t *testing.T) {
 	k := newFakeKernel()
 	s := startServer(t, Config{Kernel: k})

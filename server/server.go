@@ -57,6 +57,10 @@ type Config struct {
 	MaxDatagram int
 	// Kernel is the in-kernel cache kept consistent with the store; nil means no kernel path.
 	Kernel KernelCache
+	// KernelReplyDSCP is the DSCP the kernel path marks its replies with (0: unmarked), reported
+	// in stats as kernel_reply_dscp (0 without a kernel path) so that clients such as bench can
+	// tell kernel replies apart without being told the mark.
+	KernelReplyDSCP uint8
 	// Registry receives the server's metrics; nil means no metrics.
 	Registry prometheus.Registerer
 	// Version is ours, sent after the memcached protocol version in `version`.
@@ -85,7 +89,9 @@ type Config struct {
 	RatePerSource float64
 	// Burst is the token bucket size per source; 0 means the rate rounded up (at least 1).
 	Burst int
-	// MaxAmplification caps a UDP reply's bytes at this many times its request's; 0 means off.
+	// MaxAmplification caps a UDP reply's bytes at this many times its request's (frame headers
+	// included); 0 means off. A reply over the cap is replaced by "SERVER_ERROR object too large
+	// for UDP, use TCP", or by nothing if even that is over the cap.
 	MaxAmplification float64
 
 	// TCP limits against hostile clients (tcp.go).

@@ -261,6 +261,9 @@ func (c *session) command(line, data []byte) (int, action) {
 		case "shutdown":
 			c.reply("ERROR: shutdown not enabled")
 			return 0, 0
+		case "slabs":
+			c.slabs()
+			return 0, 0
 		}
 	case 'a':
 		switch string(name) {

@@ -55,7 +55,9 @@ func (s *Server) generalStats() []stat {
 	}
 	getHits, cmdGet := st.getHits.Load(), st.cmdGet.Load()
 	var ks KernelStats
+	var replyDSCP uint8
 	if s.kernel != nil {
+		replyDSCP = s.cfg.KernelReplyDSCP
 		if k, err := s.kernel.Stats(); err == nil {
 			ks = k
 		} else {
@@ -122,6 +124,7 @@ func (s *Server) generalStats() []stat {
 		{"kernel_fills_skipped", u64(ks.FillsSkipped)},
 		{"kernel_evictions", u64(ks.Evictions)},
 		{"kernel_admissions_refused", u64(ks.AdmissionsRefused)},
+		{"kernel_reply_dscp", strconv.Itoa(int(replyDSCP))},
 		{"kernel_errors", u64(st.kernelErrors.Load())},
 		{"xdpcache_version", s.cfg.Version},
 	}, s.upstreamStats()...)

@@ -170,13 +170,17 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 	t := &c.tok
 	ntokens := t.N + 1
 	isCAS := cmd == cmdCas
+	if (!isCAS && ntokens != 6 && ntokens != 7) || (isCAS && ntokens != 7 && ntokens != 8) {
+		// memcached 1.6.18 does not take a line with the wrong token count for a storage
+		// command: it is an unknown command, and the data line that follows is read as the
+		// next command, so a client gets one reply per line it sent.
+		c.status = statusError
+		c.reply("ERROR")
+		return 0, 0
+	}
 	vlen := announcedLen(t, 4)
 	vlenOK := vlen >= 0
 	reject := func(status statusID, msg string) (int, action) { return c.rejectBlock(status, c.reply, msg, vlen) }
-	if (!isCAS && ntokens != 6 && ntokens != 7) || (isCAS && ntokens != 7 && ntokens != 8) {
-		c.noreply = false
-		return reject(statusError, "ERROR")
-	}
 	c.noreply = t.NoReply()
 	key := t.Tok(1)
 	if len(key) > protocol.MaxKeyLen {
@@ -527,6 +531,76 @@ func (c *session) verbosity() {
 	c.s.verbosity.Store(min(level, 2))
 	c.status = statusOK
 	c.reply("OK")
+}
+
+// slabs runs memcached's "slabs automove <0|1|2>", "slabs automove ratio <ratio>" and "slabs
+// reassign <src> <dst>" with memcached 1.6.18's replies, token counts and number parsing. The
+// store has no slab pages to move, so the automove settings are checked and acknowledged without
+// effect, and a reassign between valid classes finds no spare page. The valid classes are the
+// ones stats slabs reports: 1, and 0 for memcached's global page pool.
+func (c *session) slabs() {
+	t := &c.tok
+	ntokens := t.N + 1
+	sub := string(t.Tok(1))
+	switch {
+	case sub == "reassign" && ntokens == 5:
+		c.slabsReassign()
+	case sub == "automove" && ntokens >= 4:
+		c.slabsAutomove()
+	default:
+		c.status = statusError
+		c.reply("ERROR")
+	}
+}
+
+func (c *session) slabsAutomove() {
+	t := &c.tok
+	c.noreply = t.NoReply()
+	if string(t.Tok(2)) == "ratio" {
+		if _, ok := protocol.ParseDouble(t.Tok(3)); t.N+1 < 5 || !ok {
+			c.status = statusError
+			c.reply("ERROR")
+			return
+		}
+	} else {
+		level, ok := protocol.ParseUint32(t.Tok(2))
+		if !ok {
+			c.status = statusClientError
+			c.reply(badFormat)
+			return
+		}
+		if level > 2 {
+			c.status = statusError
+			c.reply("ERROR")
+			return
+		}
+	}
+	c.status = statusOK
+	c.reply("OK")
+}
+
+// slabClasses is the largest class id slabsReassign accepts: the one class stats slabs reports.
+const slabClasses = 1
+
+func (c *session) slabsReassign() {
+	t := &c.tok
+	src, ok1 := protocol.ParseInt32(t.Tok(2))
+	dst, ok2 := protocol.ParseInt32(t.Tok(3))
+	switch {
+	case !ok1 || !ok2:
+		c.status = statusClientError
+		c.reply(badFormat)
+	case src == dst:
+		c.status = statusClientError
+		c.reply("SAME src and dst class are identical")
+	// src -1 asks memcached to pick a class with a spare page; there is none, so it stays -1.
+	case src < 0 || src > slabClasses || dst < 0 || dst > slabClasses:
+		c.status = statusClientError
+		c.reply("BADCLASS invalid src or dst class id")
+	default:
+		c.status = statusServerError
+		c.reply("NOSPARE source class has no spare pages")
+	}
 }
 
 // keyToken returns token 1 as a key, or false after answering a key over 250 bytes as memcached

@@ -61,8 +61,9 @@ func (s *Server) handleDatagram(c *session, req []byte, dst [][]byte) [][]byte {
 }
 
 // ServeUDP answers requests on conn until Shutdown, reading and writing batches of datagrams in
-// Config.UDPReaders goroutines. Datagrams the UDP guard refuses (source not allowed, over its
-// rate, reply over the amplification cap; see Config) get no reply and are counted in Refused.
+// Config.UDPReaders goroutines. Datagrams the UDP guard refuses are counted in Refused: from a
+// source not allowed or over its rate they get no reply; a reply over the amplification cap is
+// replaced by a short SERVER_ERROR that says to use TCP (see Config.MaxAmplification).
 // It returns nil after Shutdown, ErrServerClosed if called after it, or the socket's error, and
 // closes conn when it returns, whichever way.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
@@ -145,7 +146,11 @@ func (s *Server) readUDP(pc *ipv4.PacketConn, allow []netip.Prefix) error {
 				if !s.guard.fits(m.N, total) {
 					// handleDatagram counted these bytes as written; they are not sent.
 					s.st.bytesWritten.Add(-uint64(total))
-					continue
+					replies = replies[:0]
+					if d := s.guard.tooLarge(m.Buffers[0][:m.N]); d != nil {
+						s.st.bytesWritten.Add(uint64(len(d)))
+						replies = append(replies, d)
+					}
 				}
 			}
 			for _, d := range replies {

@@ -14,7 +14,7 @@ package server
 // Writes (storage commands, incr, decr, delete, touch, gat, ms, md, ma, and mg with N or T) are
 // forwarded to the key's upstream, and its reply, memcached's own bytes, is the reply. The write
 // is acknowledged only after the upstream acknowledged it and the local item, and with it the
-// kernel copy (the store's hook), is gone (DESIGN.md invariant 1). A fill racing a write must not
+// kernel copy (the store's hook), is gone (docs/DESIGN.md invariant 1). A fill racing a write must not
 // install the older value after that: every key hashes to a write generation, which a write bumps
 // and then drops the local item, both before forwarding and again after the upstream's reply. A
 // fill reads the generation before fetching and installs, under the key's store lock, only if it

@@ -416,7 +416,7 @@ func TestUpstreamKernelInvalidatedBeforeAck(t *testing.T) {
 }
 
 // Fills race writes through us: once a write is acknowledged, neither the local copy nor the
-// kernel may hold an older value (DESIGN.md invariant 1).
+// kernel may hold an older value (docs/DESIGN.md invariant 1).
 func TestUpstreamNoStaleFillAfterAck(t *testing.T) {
 	k := newFakeKernel()
 	u := startUpstreamSetup(t, Config{Kernel: k, KernelMaxAge: 30 * time.Second})

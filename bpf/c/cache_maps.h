@@ -175,3 +175,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
+
+#define HANDOFF_SLOTS 8 /* requests one CPU's XDP run may hand to TC before TC sees them */
+
+/* handoff remembers the requests xdp_cache passed for tc_cache to answer (XDP metadata would
+ * carry the mark, but this kernel refuses bpf_xdp_adjust_meta). A request's XDP and TC runs
+ * happen on the same CPU, at most a receive batch apart. A key names the packet (source,
+ * ports, frame header, length); a stale or colliding key only makes TC run its full first
+ * pass, which decides on its own. */
+struct handoff {
+	__u64 key[HANDOFF_SLOTS];
+	__u32 next;
+};
+
+/* handoff_map: key 0, value this CPU's handoff slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct handoff);
+} handoff_map SEC(".maps");

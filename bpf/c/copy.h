@@ -1,9 +1,10 @@
 /* copy.h: copying bytes from map memory into the packet with inline word stores.
  *
- * A helper call costs more here than the copy it makes: every return goes through this CPU's
- * speculation-safe thunk (~8 ns, BenchmarkCallCost), and bpf_xdp_store_bytes pays two (its own
- * and its memcpy's). The cache program copies every entry with these; the benchmark build of
- * echo.c copies its reply with them too, so both pay the same for the same bytes.
+ * A helper call costs more than the copy it makes on CPUs whose returns go through a
+ * speculation-safe thunk (docs/BENCHMARKS.md measures it), and bpf_xdp_store_bytes pays two
+ * returns (its own and its memcpy's). The cache programs copy every entry with these; the
+ * benchmark build of echo.c copies its reply with them too, so both pay the same for the same
+ * bytes.
  */
 #pragma once
 
@@ -15,10 +16,9 @@
 
 /* copy_direct copies n (8..COPY_DIRECT_MAX) bytes from src to packet offset pos in 8-byte words,
  * the last word overlapping the one before it. */
-static __always_inline int copy_direct(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
+static __always_inline int copy_direct(void *data, void *data_end, __u32 pos, const __u8 *src,
+				       __u64 n)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	__u64 off = pos, t = n - 8;
 	__u8 *p, *q;
 
@@ -50,12 +50,10 @@ static __always_inline void copy_block(__u8 *q, const __u8 *src)
 
 /* copy_blocks copies n (COPY_BLOCK..COPY_LIMIT) bytes from src to packet offset pos in blocks of
  * eight 8-byte words, one bounds check per block, the last block overlapping the one before it.
- * At 1000 bytes it costs ~15 ns less than bpf_xdp_store_bytes (BenchmarkCacheVsEcho,
- * docs/BENCHMARKS.md section 2). */
-static __always_inline int copy_blocks(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
+ * Cheaper than bpf_xdp_store_bytes at every size it takes (docs/BENCHMARKS.md). */
+static __always_inline int copy_blocks(void *data, void *data_end, __u32 pos, const __u8 *src,
+				       __u64 n)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	__u64 off = pos, t = n - COPY_BLOCK;
 	__u8 *p, *q;
 
@@ -79,17 +77,40 @@ static __always_inline int copy_blocks(struct xdp_md *ctx, __u32 pos, const __u8
 	return 0;
 }
 
-/* copy_piece copies n (1..COPY_LIMIT) bytes from src to packet offset pos, inline unless
- * n is under a word. Returns 0 or -1. */
-static __always_inline int copy_piece(struct xdp_md *ctx, __u32 pos, const __u8 *src, __u64 n)
+/* copy_bytes copies n (1..7) bytes from src to packet offset pos one at a time: cheaper than a
+ * helper call for so few. */
+static __always_inline int copy_bytes(void *data, void *data_end, __u32 pos, const __u8 *src,
+				      __u64 n)
+{
+	__u64 off = pos;
+	__u8 *p;
+
+	if (!in_range(off, 0, 2048) || !in_range(n, 1, 7))
+		return -1;
+	p = data + off;
+	for (__u32 i = 0; i < 7; i++) {
+		if (i >= n)
+			break;
+		if ((void *)(p + i + 1) > data_end)
+			return -1;
+		p[i] = src[i];
+	}
+	return 0;
+}
+
+/* copy_piece copies n (1..COPY_LIMIT) bytes from src to packet offset pos with inline stores.
+ * Returns 0 or -1. It works on any packet the program may write directly: an XDP frame, or a
+ * linear skb at TC. */
+static __always_inline int copy_piece(void *data, void *data_end, __u32 pos, const __u8 *src,
+				      __u64 n)
 {
 	if (!in_range(n, 1, COPY_LIMIT))
 		return -1;
 	/* Small pieces first in the code's layout: they are the common case, and a packet that
 	 * arrives alone pays for every cache line of code its path touches. */
 	if (likely(n >= 8 && n <= COPY_DIRECT_MAX))
-		return copy_direct(ctx, pos, src, n);
+		return copy_direct(data, data_end, pos, src, n);
 	if (n > COPY_DIRECT_MAX)
-		return copy_blocks(ctx, pos, src, n);
-	return bpf_xdp_store_bytes(ctx, pos, (void *)src, n) ? -1 : 0;
+		return copy_blocks(data, data_end, pos, src, n);
+	return copy_bytes(data, data_end, pos, src, n);
 }

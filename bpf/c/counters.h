@@ -1,5 +1,6 @@
 /* counters.h: the per-CPU counters the programs keep and the reasons a packet is passed.
  *
+ * Pass reasons run from PASS_NOT_IP_UDP to PASS_TO_TC; the TC path's own counters follow them.
  * All counters sit in one per-CPU struct, so a packet looks it up once and increments with plain
  * adds, no atomics; userspace sums the CPUs at scrape time. bpf2go generates the Go mirror of
  * enum counter (-type counter), so the collector's reason labels and these indexes cannot drift
@@ -32,6 +33,10 @@ enum counter {
 	PASS_NOT_ALLOWED,    /* a source outside the allow-list */
 	PASS_RATE_LIMITED,   /* a source over its reply rate */
 	PASS_AMPLIFICATION,  /* the reply would be too many times the request's size */
+	PASS_TO_TC,          /* XDP could not grow the frame enough: handed to the TC program */
+	CNT_TC_REQUESTS,     /* of CNT_REQUESTS, those the TC program answered */
+	CNT_TC_HITS,         /* of CNT_HITS, those the TC program served */
+	CNT_TC_BYTES,        /* of CNT_BYTES, those the TC program sent */
 	CNT_MAX,
 };
 

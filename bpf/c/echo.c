@@ -70,7 +70,7 @@ static __always_inline int echo(struct xdp_md *ctx)
 {
 	struct l4_info l4 = {};
 
-	if (parse_udp(ctx, cfg_port, &l4))
+	if (parse_udp((void *)(long)ctx->data, (void *)(long)ctx->data_end, cfg_port, &l4))
 		return XDP_PASS;
 	if (swap_addrs(ctx, &l4))
 		return XDP_PASS;
@@ -154,7 +154,7 @@ static __always_inline int floor_reply(struct xdp_md *ctx)
 	__u32 zero = 0, hdr;
 	struct floor_bytes *v = bpf_map_lookup_elem(&floor_value, &zero);
 
-	if (!v || parse_udp(ctx, cfg_port, &l4) || swap_addrs(ctx, &l4))
+	if (!v || parse_udp((void *)(long)ctx->data, (void *)(long)ctx->data_end, cfg_port, &l4) || swap_addrs(ctx, &l4))
 		return XDP_PASS;
 	hdr = (l4.l4_off & 0x7f) + sizeof(struct udphdr) + FRAME_LEN;
 	if (grow > 0 && grow <= HEAD_GROW_MAX) {
@@ -166,7 +166,7 @@ static __always_inline int floor_reply(struct xdp_md *ctx)
 	} else if (bpf_xdp_adjust_tail(ctx, grow)) {
 		return XDP_ABORTED;
 	}
-	return copy_piece(ctx, hdr, v->b, cfg_floor_copy) ? XDP_ABORTED : XDP_TX;
+	return copy_piece((void *)(long)ctx->data, (void *)(long)ctx->data_end, hdr, v->b, cfg_floor_copy) ? XDP_ABORTED : XDP_TX;
 }
 
 static __always_inline int floor_head_growth(void)

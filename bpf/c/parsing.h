@@ -18,12 +18,11 @@ struct l4_info {
 	__u8 ipv6;         /* 1 for IPv6, 0 for IPv4 */
 };
 
-/* parse_udp finds the UDP header of an IPv4 or IPv6 packet to port (host order). It returns 0 or
- * a pass reason. */
-static __always_inline int parse_udp(struct xdp_md *ctx, __u16 port, struct l4_info *out)
+/* parse_udp finds the UDP header of an IPv4 or IPv6 packet (data to data_end, from the Ethernet
+ * header on: an XDP frame, or an skb at TC ingress) to port (host order). It returns 0 or a pass
+ * reason. */
+static __always_inline int parse_udp(void *data, void *data_end, __u16 port, struct l4_info *out)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u32 off = sizeof(*eth);
 	__u32 ip_end;

@@ -1,8 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -23,8 +30,8 @@ func newBenchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure latency and throughput, split by who answered: the kernel or the server",
 		Long: `bench sends memcached requests and reports latency per class: kernel_hit (the reply carries
-the DSCP mark that serve --mark-kernel-replies sets, so pass the same value to --kernel-dscp),
-user_hit, user_miss and set, plus timeouts and errors.
+the DSCP mark that serve --mark-kernel-replies sets; without --kernel-dscp, bench asks the server
+for it over TCP: stats kernel_reply_dscp), user_hit, user_miss and set, plus timeouts and errors.
 
 Open loop (--rate > 0): requests leave on a Poisson schedule at the total rate, whatever the
 server does, and latency runs from each request's intended send time, so queueing and stalls are
@@ -40,6 +47,9 @@ prints what was measured so far, marked interrupted.`,
   xdpcache bench --proto tcp --value-size 32:0.5,1000:0.5 --get-ratio 0.95`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f.cfg.NoLoad = !f.load
+			if !cmd.Flags().Changed("kernel-dscp") {
+				f.cfg.KernelDSCP = serverReplyDSCP(cmd.Context(), f.cfg.Server, os.Stderr)
+			}
 			rep, err := loadgen.Run(cmd.Context(), f.cfg, os.Stderr)
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
@@ -86,7 +96,7 @@ prints what was measured so far, marked interrupted.`,
 	fl.IntVar(&c.MaxValueSize, "max-value-size", c.MaxValueSize, "clamp for drawn value sizes (UDP sets are further limited to one datagram)")
 	fl.Float64Var(&c.GetRatio, "get-ratio", c.GetRatio, "fraction of requests that are GETs; the rest are sets")
 	fl.BoolVar(&f.load, "load", true, "set every key once over TCP before the warmup (--load=false to skip)")
-	fl.IntVar(&c.KernelDSCP, "kernel-dscp", 0, "DSCP mark of kernel replies, as serve --mark-kernel-replies (0: no kernel_hit class)")
+	fl.IntVar(&c.KernelDSCP, "kernel-dscp", 0, "DSCP mark of kernel replies, as serve --mark-kernel-replies (0: no kernel_hit class; default: what the server reports in stats as kernel_reply_dscp, read over TCP)")
 	fl.IntVar(&c.Batch, "batch", c.Batch, "most requests per send and datagrams per receive system call")
 	fl.Uint64Var(&c.Seed, "seed", 0, "random seed for keys, sizes and arrivals (0: from the clock; the report records it)")
 	fl.DurationVar(&c.MaxLag, "max-lag", c.MaxLag, "p99 send lag beyond which the report warns that the generator fell behind")
@@ -98,4 +108,43 @@ prints what was measured so far, marked interrupted.`,
 	fl.BoolVar(&c.EchoReplies, "echo-replies", false, "count a request echoed back unchanged as a kernel hit (bare XDP echo baseline)")
 	_ = fl.MarkHidden("echo-replies")
 	return cmd
+}
+
+// serverReplyDSCP is the DSCP the server at addr (HOST:PORT, read over TCP whatever the benchmark's
+// protocol) reports for kernel replies in stats as kernel_reply_dscp. When it cannot be read it
+// says so on w and returns 0: no kernel_hit class.
+func serverReplyDSCP(ctx context.Context, addr string, w io.Writer) int {
+	v, err := readReplyDSCP(ctx, addr)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "bench: kernel replies cannot be told apart (no kernel_hit class; --kernel-dscp sets the mark): %v\n", err)
+	case v == 0:
+		fmt.Fprintln(w, "bench: the server reports kernel_reply_dscp 0 (replies unmarked or no kernel path): no kernel_hit class")
+	default:
+		fmt.Fprintf(w, "bench: kernel replies carry DSCP %d (the server's stats kernel_reply_dscp)\n", v)
+	}
+	return v
+}
+
+// readReplyDSCP reads stats kernel_reply_dscp from the server at addr over TCP.
+func readReplyDSCP(ctx context.Context, addr string) (int, error) {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, fmt.Errorf("read the server's stats: %w", err)
+	}
+	defer conn.Close()
+	s, err := fetchStats(conn, bufio.NewReader(conn))
+	if err != nil {
+		return 0, fmt.Errorf("read the server's stats: %w", err)
+	}
+	raw, ok := s.fields["kernel_reply_dscp"]
+	if !ok {
+		return 0, errors.New("the server's stats have no kernel_reply_dscp (not xdpcache serve?)")
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil || v < 0 || v > 63 {
+		return 0, fmt.Errorf("the server's stats kernel_reply_dscp %q is not a DSCP", raw)
+	}
+	return v, nil
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/xdpcache/xdpcache/internal/demo"
+	"github.com/xdpcache/xdpcache/internal/lab/demo"
 )
 
 func init() { rootCmd.AddCommand(newDemoCmd()) }

@@ -68,8 +68,8 @@ without waking the server. The server copies items into the kernel cache when it
 program is detached when serve exits, however it exits. If the program cannot be attached (no such
 interface, another XDP program there, no privilege) the server still runs without it and says so.`,
 		Example: `  xdpcache serve                                   # like memcached -U 11211 on 127.0.0.1
-  sudo xdpcache serve -l 0.0.0.0 --xdp-iface eth0   # kernel path on eth0, native XDP if the driver has it
-  sudo xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150`,
+  xdpcache serve -l 0.0.0.0 --xdp-iface eth0        # as root: kernel path on eth0, native XDP if the driver has it
+  xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150   # as root`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), f) },
 	}
 	fl := cmd.Flags()
@@ -90,10 +90,10 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl.DurationVar(&f.kernelMaxAge, "kernel-max-age", time.Second, "with --upstream: longest a fetched value is served locally or by the kernel (other clients may write upstream directly)")
 	fl.DurationVar(&f.upstreamDial, "upstream-dial-timeout", 500*time.Millisecond, "with --upstream: connect timeout")
 	fl.DurationVar(&f.upstreamTimeout, "upstream-timeout", time.Second, "with --upstream: timeout of one request; then that upstream is marked down and probed every second")
-	fl.StringSliceVar(&f.allowSources, "allow-sources", nil, "CIDR[,CIDR...] of clients the UDP path answers, kernel and server alike (default: loopback and the listen/XDP interface's subnets)")
+	fl.StringSliceVar(&f.allowSources, "allow-sources", nil, "CIDR[,CIDR...] of clients the UDP path answers, kernel and server alike: given, exactly these, loopback not added (default: loopback and the listen/XDP interface's subnets)")
 	fl.Float64Var(&f.ratePerSource, "rate-per-source", 0, "UDP replies per second to one source address, kernel and server alike (0: unlimited)")
 	fl.IntVar(&f.burst, "burst", 0, "with --rate-per-source: replies a source may get at once (0: one second's worth)")
-	fl.Float64Var(&f.maxAmp, "max-amplification", bpf.DefaultMaxAmplification, "cap on UDP reply bytes per request byte, kernel and server alike; larger replies need TCP (0: off)")
+	fl.Float64Var(&f.maxAmp, "max-amplification", bpf.DefaultMaxAmplification, "cap on UDP reply bytes per request byte, kernel and server alike (0: off). The default lets every one-datagram reply through; a larger one is answered \"SERVER_ERROR object too large for UDP, use TCP\"")
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close TCP connections idle this long, as memcached's -o idle_timeout (0: never)")
 	fl.DurationVar(&f.writeTimeout, "write-timeout", server.DefaultWriteTimeout, "close TCP connections whose client takes none of a reply for this long")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
@@ -149,12 +149,13 @@ func runServe(ctx context.Context, f serveFlags) error {
 	}
 
 	srv, err := server.New(server.Config{
-		MemoryLimit: f.memoryMiB << 20,
-		MaxItemSize: maxItem,
-		ConnLimit:   f.connLimit,
-		Kernel:      kernel,
-		Registry:    reg,
-		Version:     "xdpcache-" + version,
+		MemoryLimit:     f.memoryMiB << 20,
+		MaxItemSize:     maxItem,
+		ConnLimit:       f.connLimit,
+		Kernel:          kernel,
+		KernelReplyDSCP: f.markDSCP,
+		Registry:        reg,
+		Version:         "xdpcache-" + version,
 
 		UDPReaders:          f.udpReaders,
 		Upstreams:           f.upstreams,

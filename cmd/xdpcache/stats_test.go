@@ -34,18 +34,8 @@ func TestFormatRatesSplitsKernelAndUser(t *testing.T) {
 // TestWatchStatsAgainstServer runs the live view against a real server: after 3 gets (2 hits, 1
 // miss) between two samples the summary line shows them, and --raw prints memcached's fields.
 func TestWatchStatsAgainstServer(t *testing.T) {
-	srv, err := server.New(server.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.ServeTCP(ln)
-	defer srv.Shutdown(context.Background())
-
-	c, err := net.Dial("tcp", ln.Addr().String())
+	srv, addr := startStatsServer(t, server.Config{})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +50,7 @@ func TestWatchStatsAgainstServer(t *testing.T) {
 	var out bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- watchStats(context.Background(), &out, ln.Addr().String(), 1500*time.Millisecond, 1, false)
+		done <- watchStats(context.Background(), &out, addr, 1500*time.Millisecond, 1, false)
 	}()
 	// Send the gets once the live view has connected (and so taken its first sample at once),
 	// well inside its interval.
@@ -87,7 +77,7 @@ func TestWatchStatsAgainstServer(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := watchStats(context.Background(), &out, ln.Addr().String(), time.Millisecond, 1, true); err != nil {
+	if err := watchStats(context.Background(), &out, addr, time.Millisecond, 1, true); err != nil {
 		t.Fatalf("watchStats --raw: %v", err)
 	}
 	for _, field := range []string{"cmd_get 3", "get_hits 2", "get_misses 1", "curr_items 1"} {
@@ -98,13 +88,8 @@ func TestWatchStatsAgainstServer(t *testing.T) {
 }
 
 func TestWatchStatsNoServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	err = watchStats(context.Background(), io.Discard, addr, time.Second, 1, false)
+	addr := closedAddr(t)
+	err := watchStats(context.Background(), io.Discard, addr, time.Second, 1, false)
 	if err == nil || !strings.Contains(err.Error(), "connect to "+addr) {
 		t.Fatalf("no server: err %v, want a connect error naming the address", err)
 	}

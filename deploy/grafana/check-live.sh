@@ -9,7 +9,7 @@
 # However the script ends (success, failure, Ctrl-C, SIGTERM), every process it started is stopped
 # and the namespace is gone: each runs inside the namespace, and the exit trap stops whatever is
 # still in there before deleting it. XDPCACHE_BIN names a prebuilt binary to use instead of building.
-# Usage: sudo deploy/grafana/check-live.sh [seconds of load, default 40]
+# Usage (as root): deploy/grafana/check-live.sh [seconds of load, default 40]
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Failure tests against the real binary (DESIGN.md invariants 5 and 6): kill -9, SIGTERM, and a
+// Failure tests against the real binary (docs/DESIGN.md invariants 5 and 6): kill -9, SIGTERM, and a
 // write flood under -m.
 
 // fillKernel sets keys over TCP and gets each over UDP until the kernel answers it.

@@ -36,21 +36,52 @@ type rig struct {
 
 func newRig(t *testing.T, admission string) *rig {
 	t.Helper()
+	return newRigWith(t, admission, nil)
+}
+
+// newRigWith is newRig with the kernel's options and the server's configuration changed by
+// adjust, when not nil, before either starts.
+func newRigWith(t *testing.T, admission string, adjust func(*bpf.Options, *server.Config)) *rig {
+	t.Helper()
 	testenv.RequireRoot(t)
 	pair := newPassPair(t, "xce2e")
-	r := &rig{pair: pair, addr: netip.AddrPortFrom(netns.ServerIPv4, testPort)}
+	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv4, testPort), adjust)
+}
 
+// newLoopbackRig is a rig whose server and client share one namespace and talk over its lo, with
+// the program attached to lo in generic mode.
+func newLoopbackRig(t *testing.T, admission string) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	pair := newPassPair(t, "xclo")
+	one := &netns.Pair{Server: pair.Server, Client: pair.Server, ServerIf: "lo", ClientIf: "lo", MTU: pair.MTU}
+	return startRig(t, one, admission, "lo", bpf.ModeGeneric, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testPort), nil)
+}
+
+// startRig loads and attaches the program to iface in mode inside pair's server namespace and
+// starts the Go server on addr there; adjust, when not nil, changes the kernel's options and the
+// server's configuration first.
+func startRig(t *testing.T, pair *netns.Pair, admission, iface string, mode bpf.Mode, addr netip.AddrPort,
+	adjust func(*bpf.Options, *server.Config)) *rig {
+	t.Helper()
+	r := &rig{pair: pair, addr: addr}
+
+	opts := bpf.Options{Port: testPort, MaxBytes: 4 << 20, MaxEntries: 4096,
+		ReplyDSCP: testDSCP, Admission: admission, MTU: pair.MTU}
+	cfg := server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64, Version: "xdpcache-test"}
+	if adjust != nil {
+		adjust(&opts, &cfg)
+	}
 	var tcp net.Listener
 	var udp *net.UDPConn
 	if err := pair.Server.Do(func() error {
-		kc, err := bpf.New(bpf.Options{Port: testPort, MaxBytes: 4 << 20, MaxEntries: 4096,
-			ReplyDSCP: testDSCP, Admission: admission, MTU: pair.MTU})
+		kc, err := bpf.New(opts)
 		if err != nil {
 			return fmt.Errorf("load program: %w", err)
 		}
 		r.kernel = kc
-		if mode, err := kc.Attach(pair.ServerIf, bpf.Mode("native")); err != nil || mode != bpf.Mode("native") {
-			return fmt.Errorf("attach native: mode %q, %w", mode, err)
+		if got, err := kc.Attach(iface, mode); err != nil || got != mode {
+			return fmt.Errorf("attach %s to %s: mode %q, %w", mode, iface, got, err)
 		}
 		if tcp, err = net.Listen("tcp", r.addr.String()); err != nil {
 			return err
@@ -63,8 +94,8 @@ func newRig(t *testing.T, admission string) *rig {
 	t.Cleanup(func() { r.kernel.Close() })
 
 	var err error
-	r.srv, err = server.New(server.Config{MemoryLimit: 64 << 20, MaxItemSize: 1 << 20, ConnLimit: 64,
-		Kernel: r.kernel, Version: "xdpcache-test"})
+	cfg.Kernel = r.kernel
+	r.srv, err = server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}

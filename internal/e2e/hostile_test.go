@@ -22,7 +22,7 @@ import (
 	"github.com/xdpcache/xdpcache/server"
 )
 
-// Hostile clients against the server in-process on loopback (DESIGN.md invariant 6): slow
+// Hostile clients against the server in-process on loopback (docs/DESIGN.md invariant 6): slow
 // partial lines, clients that never read, oversized get lines, and floods past -c. Each test
 // shows the server's memory stays bounded and that a well-behaved client keeps being served.
 

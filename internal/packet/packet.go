@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/xdpcache/xdpcache/internal/checksum"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
@@ -95,7 +96,7 @@ func (u UDP) Bytes() []byte {
 		b = append(b, s[:]...)
 		b = append(b, d[:]...)
 		b = append(b, u.IPOptions...)
-		binary.BigEndian.PutUint16(b[ipStart+10:], ^Fold(Sum(b[ipStart:])))
+		binary.BigEndian.PutUint16(b[ipStart+10:], ^checksum.Fold(checksum.Sum(b[ipStart:])))
 	}
 	udpStart := len(b)
 	b = binary.BigEndian.AppendUint16(b, u.SrcPort)
@@ -116,37 +117,16 @@ func appendMAC(b []byte, m net.HardwareAddr) []byte {
 	return append(b, m...)
 }
 
-// Sum is the unfolded Internet checksum sum of b as big-endian 16-bit words from its first byte.
-func Sum(b []byte) uint64 {
-	var s uint64
-	for len(b) >= 2 {
-		s += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		s += uint64(b[0]) << 8
-	}
-	return s
-}
-
-// Fold folds a sum to 16 bits with end-around carry.
-func Fold(s uint64) uint16 {
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
-}
-
 func udpChecksum(ip []byte, v6 bool, udp []byte) uint16 {
 	var s uint64
 	if v6 {
-		s = Sum(ip[8:40])
+		s = checksum.Sum(ip[8:40])
 	} else {
-		s = Sum(ip[12:20])
+		s = checksum.Sum(ip[12:20])
 	}
 	s += protoUDP + uint64(len(udp))
-	s += Sum(udp)
-	c := ^Fold(s)
+	s += checksum.Sum(udp)
+	c := ^checksum.Fold(s)
 	if c == 0 {
 		c = 0xffff
 	}
@@ -195,7 +175,7 @@ func Parse(b []byte) (Parsed, error) {
 		if tot != len(ip) || hl < ipv4Len || tot < hl+udpLen {
 			return p, fmt.Errorf("packet: IPv4 total length %d for %d bytes: %w", tot, len(ip), ErrShort)
 		}
-		if Fold(Sum(ip[:hl])) != 0xffff {
+		if checksum.Fold(checksum.Sum(ip[:hl])) != 0xffff {
 			return p, fmt.Errorf("packet: IPv4 header: %w", ErrChecksum)
 		}
 		p.TOS, p.TTL = ip[1], ip[8]
@@ -221,12 +201,12 @@ func Parse(b []byte) (Parsed, error) {
 	if c := binary.BigEndian.Uint16(udp[6:]); c != 0 || v6 {
 		var s uint64
 		if v6 {
-			s = Sum(ip[8:40])
+			s = checksum.Sum(ip[8:40])
 		} else {
-			s = Sum(ip[12:20])
+			s = checksum.Sum(ip[12:20])
 		}
-		s += protoUDP + uint64(len(udp)) + Sum(udp)
-		if c == 0 || Fold(s) != 0xffff {
+		s += protoUDP + uint64(len(udp)) + checksum.Sum(udp)
+		if c == 0 || checksum.Fold(s) != 0xffff {
 			return p, fmt.Errorf("packet: UDP: %w", ErrChecksum)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"math/big"
 )
 
 // Request-side limits and replies shared by the server and the load generator.
@@ -112,15 +113,7 @@ func isSpace(c byte) bool {
 // digits. It returns the value (negated modulo 2^64 after '-'), the index just past the digits,
 // whether any digit was read, and whether the magnitude overflowed (ERANGE).
 func strtou(s []byte) (v uint64, end int, ok, overflow bool) {
-	i := 0
-	for i < len(s) && isSpace(s[i]) {
-		i++
-	}
-	neg := false
-	if i < len(s) && (s[i] == '+' || s[i] == '-') {
-		neg = s[i] == '-'
-		i++
-	}
+	i, neg := skipSpaceSign(s)
 	start := i
 	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
 		d := uint64(s[i] - '0')
@@ -137,6 +130,21 @@ func strtou(s []byte) (v uint64, end int, ok, overflow bool) {
 		v = -v
 	}
 	return v, i, true, overflow
+}
+
+// skipSpaceSign skips what C's strto* functions skip before the digits, leading white space and
+// one sign, and returns where the digits start and whether the sign was '-'.
+func skipSpaceSign(s []byte) (int, bool) {
+	i := 0
+	for i < len(s) && isSpace(s[i]) {
+		i++
+	}
+	neg := false
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		neg = s[i] == '-'
+		i++
+	}
+	return i, neg
 }
 
 // endOK is memcached's check after strto*: the number ends the token or is followed by white space.
@@ -196,4 +204,117 @@ func ParseInt32(s []byte) (int32, bool) {
 		return 0, false
 	}
 	return int32(int64(v)), true
+}
+
+// ParseDouble is memcached's safe_strtod: the longest prefix C's strtod reads (decimal or
+// hexadecimal with optional exponent, inf, infinity, nan, nan(chars)), which must end the token
+// or be followed by white space; refused on ERANGE, which glibc sets when the result overflows or
+// is an inexact zero or subnormal.
+func ParseDouble(s []byte) (float64, bool) {
+	i, neg := skipSpaceSign(s)
+	if n := floatWord(s[i:]); n > 0 {
+		if !endOK(s, i+n) {
+			return 0, false
+		}
+		v := math.Inf(1)
+		if s[i] == 'n' || s[i] == 'N' {
+			v = math.NaN()
+		}
+		if neg {
+			v = -v
+		}
+		return v, true
+	}
+	start := i
+	hex := i+1 < len(s) && s[i] == '0' && (s[i+1] == 'x' || s[i+1] == 'X') && mantissaLen(s[i+2:], true) > 0
+	digits, expChar := mantissaLen(s[i:], false), byte('e')
+	if hex {
+		digits, expChar = 2+mantissaLen(s[i+2:], true), 'p'
+	}
+	if digits == 0 {
+		return 0, false
+	}
+	i += digits
+	if i < len(s) && (s[i]|0x20) == expChar {
+		j := i + 1
+		if j < len(s) && (s[j] == '+' || s[j] == '-') {
+			j++
+		}
+		k := j
+		for k < len(s) && s[k] >= '0' && s[k] <= '9' {
+			k++
+		}
+		if k > j {
+			i = k
+		}
+	}
+	if !endOK(s, i) {
+		return 0, false
+	}
+	num := string(s[start:i])
+	if hex && bytes.IndexAny(s[start:i], "pP") < 0 {
+		num += "p0"
+	}
+	f, _, err := big.ParseFloat(num, 0, 4096, big.ToNearestEven)
+	if err != nil {
+		return 0, false
+	}
+	v, acc := f.Float64()
+	if math.IsInf(v, 0) || (acc != big.Exact && math.Abs(v) < 0x1p-1022) {
+		return 0, false
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
+
+// floatWord is the length of the inf, infinity, nan or nan(chars) that b starts with, else 0.
+func floatWord(b []byte) int {
+	lower := func(n int) string { return string(bytes.ToLower(b[:min(n, len(b))])) }
+	switch {
+	case lower(8) == "infinity":
+		return 8
+	case lower(3) == "inf":
+		return 3
+	case lower(3) != "nan":
+		return 0
+	}
+	if len(b) > 3 && b[3] == '(' {
+		for j := 4; j < len(b); j++ {
+			c := b[j] | 0x20
+			switch {
+			case b[j] == ')':
+				return j + 1
+			case (c >= 'a' && c <= 'z') || (b[j] >= '0' && b[j] <= '9') || b[j] == '_':
+			default:
+				return 3
+			}
+		}
+	}
+	return 3
+}
+
+// mantissaLen is the length of the digits with at most one point that b starts with, 0 if it
+// has no digit.
+func mantissaLen(b []byte, hex bool) int {
+	n, digits, point := 0, 0, false
+	for ; n < len(b); n++ {
+		c := b[n]
+		switch {
+		case c >= '0' && c <= '9', hex && (c|0x20) >= 'a' && (c|0x20) <= 'f':
+			digits++
+		case c == '.' && !point:
+			point = true
+		default:
+			if digits == 0 {
+				return 0
+			}
+			return n
+		}
+	}
+	if digits == 0 {
+		return 0
+	}
+	return n
 }

@@ -114,6 +114,36 @@ func TestParseNumbers(t *testing.T) {
 	}
 }
 
+// Which tokens memcached 1.6.18's safe_strtod accepts (glibc strtod), probed with
+// "slabs automove ratio <token>": OK means accepted, ERROR refused.
+func TestParseDouble(t *testing.T) {
+	cases := []struct {
+		in string
+		v  float64
+		ok bool
+	}{
+		{"0.5", 0.5, true}, {".5", 0.5, true}, {"5.", 5, true}, {"-1", -1, true}, {"010", 10, true},
+		{"0x1", 1, true}, {"0x.8p1", 1, true}, {"0x1P3", 8, true}, {"0x1p-1074", 0x1p-1074, true},
+		{"0x1p-1022", 0x1p-1022, true}, {"0e-400", 0, true}, {"1e5 ", 1e5, true},
+		{"infinity", math.Inf(1), true}, {"+inf", math.Inf(1), true}, {"-INF", math.Inf(-1), true},
+		// Overflow, and inexact underflow to zero or a subnormal: ERANGE.
+		{"1e400", 0, false}, {"1e-400", 0, false}, {"1e-310", 0, false},
+		// Something other than white space after the number.
+		{"0x", 0, false}, {".", 0, false}, {"-.5e", 0, false}, {"1e+", 0, false}, {"INFx", 0, false},
+		{"nan(a-b)", 0, false}, {"1,5", 0, false}, {"1.5x", 0, false}, {"0b1", 0, false}, {"", 0, false},
+	}
+	for _, c := range cases {
+		if v, ok := ParseDouble([]byte(c.in)); v != c.v || ok != c.ok {
+			t.Errorf("ParseDouble(%q) = %v, %v; want %v, %v", c.in, v, ok, c.v, c.ok)
+		}
+	}
+	for _, in := range []string{"nan", "NaN", "nan(abc)"} {
+		if v, ok := ParseDouble([]byte(in)); !ok || !math.IsNaN(v) {
+			t.Errorf("ParseDouble(%q) = %v, %v; want NaN, true", in, v, ok)
+		}
+	}
+}
+
 // FuzzTokenize checks the tokenizer's invariants and the number parsers against strconv.
 func FuzzTokenize(f *testing.F) {
 	for _, s := range []string{"get a b c", "set k 0 0 5 noreply", "  x  ", "", strings.Repeat("a ", 40), "incr k 18446744073709551615"} {

@@ -27,7 +27,7 @@ func Unavailable(t testing.TB, format string, args ...any) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		Unavailable(t, "needs root for BPF, XDP and network namespaces (run: sudo make test)")
+		Unavailable(t, "needs root for BPF, XDP and network namespaces (run make test as root)")
 	}
 }
 

@@ -20,17 +20,17 @@ func TestLab(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.LookPath(t, "ethtool")
 	testenv.LookPath(t, "memcached")
-	lab, err := NewLab("/nonexistent", 0, 1, io.Discard)
+	lb, err := NewLab("/nonexistent", 0, 1, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lab.Close()
+	defer lb.Close()
 
-	echo, err := lab.AttachEcho()
+	echo, err := lb.AttachEcho()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pids, err := lab.ServerNAPI()
+	pids, err := lb.ServerNAPI()
 	if err != nil || len(pids) == 0 {
 		t.Fatalf("server NAPI threads %v, %v", pids, err)
 	}
@@ -50,7 +50,7 @@ func TestLab(t *testing.T) {
 			t.Errorf("NAPI thread %d has policy %d, want SCHED_FIFO", pid, attr.Policy)
 		}
 	}
-	prog, err := lab.ServerProgram()
+	prog, err := lb.ServerProgram()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,12 +66,12 @@ func TestLab(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	mc, err := lab.Memcached(ctx, t.TempDir())
+	mc, err := lb.Memcached(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mc.Stop()
-	st, err := lab.Stats()
+	st, err := lb.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func (c *common) flags(name string) *flag.FlagSet {
 	return fs
 }
 
-// start makes the results folder and the lab, and says so.
+// start makes the results folder and the lb, and says so.
 func (c *common) start(name string) (*Lab, string, error) {
 	dir := c.out
 	if dir == "" {
@@ -87,12 +87,12 @@ func (c *common) start(name string) (*Lab, string, error) {
 	if _, err := os.Stat(c.bin); err != nil {
 		return nil, "", fmt.Errorf("%w: xdpcache binary: %w (go build -o bin/xdpcache ./cmd/xdpcache)", ErrSetup, err)
 	}
-	lab, err := NewLab(c.bin, c.serverCPU, c.clientCPU, c.log)
+	lb, err := NewLab(c.bin, c.serverCPU, c.clientCPU, c.log)
 	if err != nil {
 		return nil, "", err
 	}
 	c.progress("%s: results in %s; server on CPU %d, client on CPU %d; %s", name, dir, c.serverCPU, c.clientCPU, loadavg())
-	return lab, dir, nil
+	return lb, dir, nil
 }
 
 func (c *common) progress(format string, args ...any) {

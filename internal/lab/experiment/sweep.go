@@ -16,6 +16,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/xdpcache/xdpcache/internal/lab"
 )
 
 // sweepPoint is one (theta, cache size) run.
@@ -60,11 +62,11 @@ func runSweep(ctx context.Context, c *common, args []string) error {
 	if err != nil {
 		return err
 	}
-	lab, dir, err := c.start("sweep")
+	lb, dir, err := c.start("sweep")
 	if err != nil {
 		return err
 	}
-	defer lab.Close()
+	defer lb.Close()
 	var pts []sweepPoint
 	for _, th := range ths {
 		for _, pc := range pcs {
@@ -73,18 +75,18 @@ func runSweep(ctx context.Context, c *common, args []string) error {
 			if err := os.MkdirAll(sub, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", sub, err)
 			}
-			srv, err := lab.Serve(ctx, sub, true, "--admission", *admission, "--kernel-cache-entries", strconv.Itoa(entries))
+			srv, err := lb.Serve(ctx, sub, true, "--admission", *admission, "--kernel-cache-entries", strconv.Itoa(entries))
 			if err != nil {
 				return err
 			}
-			rep, err := lab.Bench(ctx, filepath.Join(sub, "bench"), "--rate", strconv.Itoa(*rate),
+			rep, err := lb.Bench(ctx, filepath.Join(sub, "bench"), "--rate", strconv.Itoa(*rate),
 				"--duration", duration.String(), "--warmup", warmup.String(),
 				"--warmup-settle", strconv.FormatFloat(*settle, 'g', -1, 64), "--warmup-max", warmupMax.String(),
 				"--keys", strconv.Itoa(*keys), "--key-dist", "zipf", "--zipf-theta", strconv.FormatFloat(th, 'g', -1, 64),
-				"--key-scramble", "--get-ratio", "1", "--value-size", "32", "--kernel-dscp", strconv.Itoa(ReplyDSCP))
+				"--key-scramble", "--get-ratio", "1", "--value-size", "32", "--kernel-dscp", strconv.Itoa(lab.ReplyDSCP))
 			var stats map[string]string
 			if err == nil {
-				stats, err = lab.Stats()
+				stats, err = lb.Stats()
 			}
 			srv.Stop()
 			if err != nil {
@@ -92,9 +94,9 @@ func runSweep(ctx context.Context, c *common, args []string) error {
 			}
 			p := sweepPoint{Theta: th, CachePercent: pc, Entries: entries, KernelShare: rep.KernelShare,
 				HitRatio: rep.HitRatio, Achieved: rep.AchievedRate, Timeouts: rep.Timeouts,
-				Fills: statUint(stats, "kernel_fills"), FillsSkipped: statUint(stats, "kernel_fills_skipped"),
-				Evictions:         statUint(stats, "kernel_evictions"),
-				AdmissionsRefused: statUint(stats, "kernel_admissions_refused")}
+				Fills: lab.StatUint(stats, "kernel_fills"), FillsSkipped: lab.StatUint(stats, "kernel_fills_skipped"),
+				Evictions:         lab.StatUint(stats, "kernel_evictions"),
+				AdmissionsRefused: lab.StatUint(stats, "kernel_admissions_refused")}
 			pts = append(pts, p)
 			c.progress("sweep: theta %g, cache %g%% (%d entries): kernel share %.1f%%; kernel cache %d fills, %d evictions, %d refused",
 				th, pc, entries, 100*p.KernelShare, p.Fills, p.Evictions, p.AdmissionsRefused)

@@ -18,7 +18,7 @@ import (
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "xdpcache")
-	out, err := exec.Command(testenv.LookPath(t, "go"), "build", "-o", bin, "../../cmd/xdpcache").CombinedOutput()
+	out, err := exec.Command(testenv.LookPath(t, "go"), "build", "-o", bin, "../../../cmd/xdpcache").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build xdpcache: %v\n%s", err, out)
 	}

@@ -1,5 +1,6 @@
-// Command xp runs the experiments of internal/experiment: `go run ./internal/experiment/cmd/xp
-// mix|throughput|cpu|sweep|all [flags]` (root). scripts/experiment-*.sh wrap it.
+// Command xp runs the experiments of internal/lab/experiment, as root:
+// `go run ./internal/lab/experiment/cmd/xp mix|throughput|cpu|sweep|all [flags]`.
+// scripts/experiment-*.sh wrap it.
 package main
 
 import (
@@ -9,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/xdpcache/xdpcache/internal/experiment"
+	"github.com/xdpcache/xdpcache/internal/lab/experiment"
 )
 
 func main() {

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdpcache/xdpcache/internal/lab"
 )
 
 // mixRun is one run of the mix experiment: both benches, one kernel setting.
@@ -48,11 +50,11 @@ func runMix(ctx context.Context, c *common, args []string) error {
 	default:
 		return fmt.Errorf("%w: --user-kind %q (miss or large)", ErrUsage, *userKind)
 	}
-	lab, dir, err := c.start("mix")
+	lb, dir, err := c.start("mix")
 	if err != nil {
 		return err
 	}
-	defer lab.Close()
+	defer lb.Close()
 
 	var runs []mixRun
 	for r := 1; r <= *rounds; r++ {
@@ -67,19 +69,19 @@ func runMix(ctx context.Context, c *common, args []string) error {
 				return fmt.Errorf("create %s: %w", sub, err)
 			}
 			c.progress("mix: %s", name)
-			srv, err := lab.Serve(ctx, sub, kernel, "--admission", "always")
+			srv, err := lb.Serve(ctx, sub, kernel, "--admission", "always")
 			if err != nil {
 				return err
 			}
 			common := []string{"--duration", duration.String(), "--warmup", warmup.String(),
-				"--kernel-dscp", strconv.Itoa(ReplyDSCP), "--conns", "1"}
-			hotCmd, err := lab.BenchCmd(filepath.Join(sub, "hot"), append([]string{"--rate", strconv.Itoa(*hotRate),
+				"--kernel-dscp", strconv.Itoa(lab.ReplyDSCP), "--conns", "1"}
+			hotCmd, err := lb.BenchCmd(filepath.Join(sub, "hot"), append([]string{"--rate", strconv.Itoa(*hotRate),
 				"--keys", strconv.Itoa(*hotKeys), "--key-dist", "uniform", "--get-ratio", "1", "--value-size", "32"}, common...)...)
 			if err != nil {
 				srv.Stop()
 				return err
 			}
-			userCmd, err := lab.BenchCmd(filepath.Join(sub, "user"), append(append([]string{"--rate", strconv.Itoa(*userRate)}, userArgs...), common...)...)
+			userCmd, err := lb.BenchCmd(filepath.Join(sub, "user"), append(append([]string{"--rate", strconv.Itoa(*userRate)}, userArgs...), common...)...)
 			if err != nil {
 				hotCmd.Process.Kill()
 				hotCmd.Wait()

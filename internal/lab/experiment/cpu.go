@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdpcache/xdpcache/internal/lab"
 )
 
 // cpuSnap is everything read at one end of the sampling window.
@@ -56,11 +58,11 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	lab, dir, err := c.start("cpu")
+	lb, dir, err := c.start("cpu")
 	if err != nil {
 		return err
 	}
-	defer lab.Close()
+	defer lb.Close()
 	cases := strings.Fields(*casesFlag)
 	for _, cs := range cases {
 		if cs == caseEcho {
@@ -70,7 +72,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	if *rounds < 1 {
 		return fmt.Errorf("%w: rounds %d", ErrUsage, *rounds)
 	}
-	// The per-GET figures move 20-40% from one run to the next (cold caches, the other core's
+	// The per-GET figures move a lot from one run to the next (cold caches, the other core's
 	// load), so every case runs in each round, in alternating order, and the ratios are medians.
 	var results []cpuResult
 	for round := 1; round <= *rounds; round++ {
@@ -83,7 +85,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 			if err := os.MkdirAll(sub, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", sub, err)
 			}
-			res, err := cpuCase(ctx, c, lab, sub, cs, *rate, *keys, *window)
+			res, err := cpuCase(ctx, c, lb, sub, cs, *rate, *keys, *window)
 			if err != nil {
 				return err
 			}
@@ -98,8 +100,8 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	return c.summary(dir, cpuSummary(results, *rate, dir))
 }
 
-func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, keys int, window time.Duration) (*cpuResult, error) {
-	stop, _, err := startCase(ctx, lab, dir, cs)
+func cpuCase(ctx context.Context, c *common, lb *Lab, dir, cs string, rate, keys int, window time.Duration) (*cpuResult, error) {
+	stop, _, err := startCase(ctx, lb, dir, cs)
 	if err != nil {
 		return nil, err
 	}
@@ -111,9 +113,9 @@ func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, key
 	// The bench outlasts the window on both sides; the window is placed by the server's own
 	// GET counter, not by guessing how long the load phase takes.
 	stem := filepath.Join(dir, "bench")
-	cmd, err := lab.BenchCmd(stem, "--rate", strconv.Itoa(rate), "--duration", (window + 4*time.Second).String(),
+	cmd, err := lb.BenchCmd(stem, "--rate", strconv.Itoa(rate), "--duration", (window + 4*time.Second).String(),
 		"--warmup", "1s", "--keys", strconv.Itoa(keys), "--key-dist", "uniform", "--get-ratio", "1",
-		"--value-size", "32", "--kernel-dscp", strconv.Itoa(ReplyDSCP))
+		"--value-size", "32", "--kernel-dscp", strconv.Itoa(lab.ReplyDSCP))
 	if err != nil {
 		return nil, err
 	}
@@ -124,8 +126,8 @@ func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, key
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := lab.Stats()
-		if err == nil && statUint(st, "cmd_get") > 0 {
+		st, err := lb.Stats()
+		if err == nil && lab.StatUint(st, "cmd_get") > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -134,7 +136,7 @@ func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, key
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(1500 * time.Millisecond) // past the warmup and the kernel cache's fill
-	a, err := snapCPU(lab, cs, pid)
+	a, err := snapCPU(lb, cs, pid)
 	if err != nil {
 		return fail(err)
 	}
@@ -143,7 +145,7 @@ func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, key
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
-	b, err := snapCPU(lab, cs, pid)
+	b, err := snapCPU(lb, cs, pid)
 	if err != nil {
 		return fail(err)
 	}
@@ -158,18 +160,18 @@ func cpuCase(ctx context.Context, c *common, lab *Lab, dir, cs string, rate, key
 	return &res, nil
 }
 
-func snapCPU(lab *Lab, cs string, pid int) (cpuSnap, error) {
+func snapCPU(lb *Lab, cs string, pid int) (cpuSnap, error) {
 	var s cpuSnap
-	st, err := lab.Stats()
+	st, err := lb.Stats()
 	if err != nil {
 		return s, err
 	}
 	s.at = time.Now()
-	s.gets, s.kernel = statUint(st, "cmd_get"), statUint(st, "kernel_get_hits")
+	s.gets, s.kernel = lab.StatUint(st, "cmd_get"), lab.StatUint(st, "kernel_get_hits")
 	if s.proc, err = procCPU(pid); err != nil {
 		return s, err
 	}
-	pids, err := lab.ServerNAPI()
+	pids, err := lb.ServerNAPI()
 	if err != nil {
 		return s, err
 	}
@@ -183,11 +185,11 @@ func snapCPU(lab *Lab, cs string, pid int) (cpuSnap, error) {
 		}
 		s.napi += t
 	}
-	if s.core, err = cpuTimes(lab.ServerCPU); err != nil {
+	if s.core, err = cpuTimes(lb.ServerCPU); err != nil {
 		return s, err
 	}
 	if cs == caseKernel {
-		prog, err := lab.ServerProgram()
+		prog, err := lb.ServerProgram()
 		if err != nil {
 			return s, err
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/xdpcache/xdpcache/internal/lab"
 	"github.com/xdpcache/xdpcache/loadgen"
 )
 
@@ -43,15 +44,15 @@ func runThroughput(ctx context.Context, c *common, args []string) error {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	cases := strings.Fields(*casesFlag)
-	lab, dir, err := c.start("throughput")
+	lb, dir, err := c.start("throughput")
 	if err != nil {
 		return err
 	}
-	defer lab.Close()
+	defer lb.Close()
 
 	bench := []string{"--rate", "0", "--concurrency", strconv.Itoa(*conc), "--duration", duration.String(),
 		"--warmup", warmup.String(), "--keys", strconv.Itoa(*keys), "--key-dist", "uniform", "--get-ratio", "1",
-		"--value-size", "32", "--kernel-dscp", strconv.Itoa(ReplyDSCP)}
+		"--value-size", "32", "--kernel-dscp", strconv.Itoa(lab.ReplyDSCP)}
 	var runs []tpRun
 	for r := 1; r <= *rounds; r++ {
 		order := cases
@@ -63,11 +64,11 @@ func runThroughput(ctx context.Context, c *common, args []string) error {
 			if err := os.MkdirAll(sub, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", sub, err)
 			}
-			stop, extra, err := startCase(ctx, lab, sub, cs)
+			stop, extra, err := startCase(ctx, lb, sub, cs)
 			if err != nil {
 				return err
 			}
-			rep, err := lab.Bench(ctx, filepath.Join(sub, "bench"), append(append([]string{}, bench...), extra...)...)
+			rep, err := lb.Bench(ctx, filepath.Join(sub, "bench"), append(append([]string{}, bench...), extra...)...)
 			stop.Close()
 			if err != nil {
 				return err
@@ -87,26 +88,26 @@ func runThroughput(ctx context.Context, c *common, args []string) error {
 }
 
 // startCase starts the answerer of one case; the Closer stops it. extra are bench flags it needs.
-func startCase(ctx context.Context, lab *Lab, dir, cs string) (io.Closer, []string, error) {
+func startCase(ctx context.Context, lb *Lab, dir, cs string) (io.Closer, []string, error) {
 	switch cs {
 	case caseKernel:
-		p, err := lab.Serve(ctx, dir, true, "--admission", "always")
+		p, err := lb.Serve(ctx, dir, true, "--admission", "always")
 		return procCloser{p}, nil, err
 	case caseGo:
-		p, err := lab.Serve(ctx, dir, false)
+		p, err := lb.Serve(ctx, dir, false)
 		return procCloser{p}, nil, err
 	case caseMemcached:
-		p, err := lab.Memcached(ctx, dir)
+		p, err := lb.Memcached(ctx, dir)
 		return procCloser{p}, nil, err
 	case caseEcho:
-		l, err := lab.AttachEcho()
+		l, err := lb.AttachEcho()
 		// Nothing listens for TCP, so no load; every request comes back as it went.
 		return l, []string{"--load=false", "--echo-replies"}, err
 	}
 	return nil, nil, fmt.Errorf("%w: unknown case %q", ErrUsage, cs)
 }
 
-type procCloser struct{ p *Proc }
+type procCloser struct{ p *lab.Proc }
 
 func (c procCloser) Close() error { c.p.Stop(); return nil }
 

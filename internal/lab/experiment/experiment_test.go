@@ -1,7 +1,6 @@
 package experiment
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/csv"
 	"math"
@@ -44,23 +43,6 @@ func TestParseCPUTimes(t *testing.T) {
 	}
 	if _, err := parseCPUTimes(stat, 2); err == nil {
 		t.Fatal("a missing CPU parsed")
-	}
-}
-
-func TestParseStats(t *testing.T) {
-	in := "STAT pid 7\r\nSTAT cmd_get 1234\r\nSTAT version 1.6.18 x\r\nEND\r\n"
-	m, err := parseStats(bufio.NewReader(strings.NewReader(in)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if statUint(m, "cmd_get") != 1234 || m["version"] != "1.6.18 x" || statUint(m, "absent") != 0 {
-		t.Fatalf("parsed %v", m)
-	}
-	if _, err := parseStats(bufio.NewReader(strings.NewReader("STAT a 1\r\nERROR\r\n"))); err == nil {
-		t.Fatal("a reply that is not stats parsed")
-	}
-	if _, err := parseStats(bufio.NewReader(strings.NewReader("STAT a 1\r\n"))); err == nil {
-		t.Fatal("a reply without END parsed")
 	}
 }
 
