@@ -393,3 +393,45 @@ func TestErrorsAreGomemcaches(t *testing.T) {
 		t.Errorf("get without servers: %v, want ErrNoServers", err)
 	}
 }
+
+// TestSeveralServers checks that keys go where gomemcache puts them: items stored by gomemcache
+// across three servers are all found over UDP, one by one and in one GetMulti, and every
+// server holds some.
+func TestSeveralServers(t *testing.T) {
+	var addrs []string
+	for range 3 {
+		addrs = append(addrs, serveBackend(t).addr)
+	}
+	mc := memcache.New(addrs...)
+	keys := make([]string, 200)
+	for i := range keys {
+		keys[i] = "spread-" + strconv.Itoa(i)
+		if err := mc.Set(&memcache.Item{Key: keys[i], Value: []byte(keys[i])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range addrs {
+		got, err := memcache.New(a).GetMulti(keys)
+		if err != nil || len(got) == 0 || len(got) == len(keys) {
+			t.Fatalf("server %s holds %d of %d keys (%v): want a share", a, len(got), len(keys), err)
+		}
+	}
+	c := client.New(addrs...)
+	c.UDPTimeout = time.Second
+	defer c.Close()
+	for _, k := range keys {
+		mustGet(t, c, k, []byte(k), 0)
+	}
+	got, err := c.GetMulti(keys)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("GetMulti across the servers: %d of %d items, %v", len(got), len(keys), err)
+	}
+	for _, k := range keys {
+		if got[k] == nil || string(got[k].Value) != k {
+			t.Fatalf("GetMulti[%s] = %+v", k, got[k])
+		}
+	}
+	if s := c.Stats(); s.UDPGets != 2*uint64(len(keys)) || s.TCPGets != 0 {
+		t.Fatalf("stats %+v: want every get over UDP", s)
+	}
+}

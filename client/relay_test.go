@@ -413,3 +413,27 @@ func TestIPv6(t *testing.T) {
 		t.Fatalf("stats %+v, want one get over UDP, unmarked", s)
 	}
 }
+
+// TestReplyTooLarge checks that a reply of more datagrams than the client reassembles is got
+// over TCP.
+func TestReplyTooLarge(t *testing.T) {
+	c := New(startServe(t, nil, testenv.FreePort(t), nil))
+	c.maxReplyDatagrams = 2
+	defer c.Close()
+	v := bytes.Repeat([]byte("0123456789"), 500) // 4 datagrams
+	if err := c.Set(&Item{Key: "big", Value: v}); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := c.Get("big"); err != nil || !bytes.Equal(it.Value, v) {
+		t.Fatalf("get: %v", err)
+	}
+	if err := c.Set(&Item{Key: "small", Value: []byte("s")}); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := c.Get("small"); err != nil || string(it.Value) != "s" {
+		t.Fatalf("get small: %v", err)
+	}
+	if s := c.Stats(); s.Fallback(ReasonTooLarge) != 1 || s.UDPGets != 1 {
+		t.Fatalf("stats %+v: want the big value over TCP (too_large), the small one over UDP", s)
+	}
+}

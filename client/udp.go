@@ -523,9 +523,13 @@ func (s *udpServer) datagramLocked(d, oob []byte) {
 	s.finishLocked(cl, ReasonNone)
 }
 
-// finishLocked settles cl and wakes its waiter.
+// finishLocked settles cl and wakes its waiter. A call that failed may still have datagrams on
+// the way: its id is retired like a timed-out one's.
 func (s *udpServer) finishLocked(cl *call, r Reason) {
 	delete(s.pending, cl.id)
+	if r != ReasonNone {
+		s.retired[cl.id] = time.Now().Add(retireFor)
+	}
 	cl.reason = r
 	cl.done <- struct{}{}
 }

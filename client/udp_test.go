@@ -155,6 +155,9 @@ func TestReassembly(t *testing.T) {
 		if r.reason != bad.reason {
 			t.Errorf("%s: reason %v, want %v", bad.name, r.reason, bad.reason)
 		}
+		if _, ok := s.retired[cl.id]; !ok {
+			t.Errorf("%s: the failed call's id is not retired: the rest of its reply may still come", bad.name)
+		}
 	}
 }
 
