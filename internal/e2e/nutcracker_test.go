@@ -212,28 +212,12 @@ func udpWantItem(t *testing.T, mc *memcache.Client, key string) string {
 // process.
 func startNutcracker(t *testing.T, r *rig, bin, conf, dir string) *serveProc {
 	t.Helper()
-	p := &serveProc{log: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", "netns", "exec", r.pair.Server.Name, bin, "--conf-file", conf,
-		"--output", filepath.Join(dir, "nutcracker.log"), "--pid-file", filepath.Join(dir, "nutcracker.pid"),
+	log := filepath.Join(dir, "nutcracker.log")
+	return startInNS(t, r.pair.Server, func() string {
+		b, _ := os.ReadFile(log)
+		return "\nits log:\n" + tail(string(b), 4096)
+	}, bin, "--conf-file", conf, "--output", log, "--pid-file", filepath.Join(dir, "nutcracker.pid"),
 		"--stats-port", "22222", "--stats-addr", "127.0.0.1")
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := testenv.StartChild(p.cmd); err != nil {
-		t.Fatalf("start nutcracker: %v", err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			log, _ := os.ReadFile(filepath.Join(dir, "nutcracker.log"))
-			t.Logf("nutcracker output:\n%s\n%s", p.log.String(), tail(string(log), 4096))
-		}
-	})
-	return p
 }
 
 // waitNutcracker returns once a get through nutcracker gets an answer (a miss).

@@ -108,25 +108,7 @@ func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 // test ends, or with the test process.
 func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, args ...string) *serveProc {
 	t.Helper()
-	args = append([]string{"netns", "exec", ns.Name, xdpcacheBinary(t), "serve"}, args...)
-	// `ip netns exec` execs the command in place: the PID is serve's own, so Kill reaches it.
-	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := testenv.StartChild(p.cmd); err != nil {
-		t.Fatalf("start serve: %v", err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("serve output:\n%s", tail(p.log.String(), 4096))
-		}
-	})
+	p := startInNS(t, ns, func() string { return "" }, xdpcacheBinary(t), append([]string{"serve"}, args...)...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		select {
@@ -148,6 +130,34 @@ func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, a
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startInNS runs bin with args inside ns, its output kept in the returned process's log. It is
+// killed when the test ends, or with the test process; if the test failed, the log and more()
+// are printed.
+func startInNS(t *testing.T, ns *netns.NS, more func() string, bin string, args ...string) *serveProc {
+	t.Helper()
+	name := filepath.Base(bin)
+	// `ip netns exec` execs the command in place: the PID is the command's own, so Kill reaches it.
+	p := &serveProc{cmd: exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...),
+		log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := testenv.StartChild(p.cmd); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s%s", name, tail(p.log.String(), 4096), more())
+		}
+	})
+	return p
 }
 
 // serveReady reports whether the server answers `version` over TCP from the client namespace.

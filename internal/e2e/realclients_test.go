@@ -205,7 +205,8 @@ func runPythonClient(t *testing.T, ns *netns.NS, script, addr, prefix string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := nsCommand(ctx, ns, python3, path, host, port, prefix).CombinedOutput()
+	// -B: no __pycache__ in testdata for the shared clientcheck module.
+	out, err := nsCommand(ctx, ns, python3, "-B", path, host, port, prefix).CombinedOutput()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) && exit.ExitCode() == 77 {
 		testenv.Unavailable(t, "%s: %s (Debian: python3-pymemcache, python3-pylibmc)", script, strings.TrimSpace(string(out)))

@@ -1,34 +1,17 @@
 """Drive a memcached server with pylibmc (libmemcached) over TCP and check every reply.
 
-Usage: python3 pylibmc_ops.py HOST PORT KEY_PREFIX
-Prints "PASS <n> checks" and exits 0, or prints each failed check and exits 1; exits 77 when
-pylibmc is not installed. libmemcached refuses get over UDP, so this client is TCP only.
+Arguments and output: clientcheck.py. libmemcached refuses get over UDP, so this client is TCP only.
 """
-import sys
+from clientcheck import check, finish, host, k, missing, port
 
 try:
     import pylibmc
 except ImportError as e:
-    print(f"pylibmc missing: {e}")
-    sys.exit(77)
+    missing("pylibmc", e)
 
-host, port, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = pylibmc.Client([f"{host}:{port}"], binary=False,
                    behaviors={"cas": True, "connect_timeout": 2000, "receive_timeout": 2000000,
                               "send_timeout": 2000000})
-checks, failed = 0, 0
-
-
-def check(what, got, want):
-    global checks, failed
-    checks += 1
-    if got != want:
-        failed += 1
-        print(f"FAIL {what}: got {got!r}, want {want!r}")
-
-
-def k(name):
-    return prefix + name
 
 
 def raises(fn, exc):
@@ -88,7 +71,4 @@ check("delete again", c.delete(k("b")), False)
 check("get deleted", c.get(k("b")), None)
 
 c.disconnect_all()
-if failed:
-    print(f"{failed} of {checks} checks failed")
-    sys.exit(1)
-print(f"PASS {checks} checks")
+finish()

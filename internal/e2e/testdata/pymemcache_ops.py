@@ -1,34 +1,15 @@
 """Drive a memcached server with pymemcache and check every reply.
 
-Usage: python3 pymemcache_ops.py HOST PORT KEY_PREFIX
-Prints "PASS <n> checks" and exits 0, or prints each failed check and exits 1; exits 77 when
-pymemcache is not installed. Uses only commands a proxy (twemproxy) forwards: no flush_all.
+Arguments and output: clientcheck.py. Uses only commands a proxy (twemproxy) forwards: no flush_all.
 """
-import sys
+from clientcheck import check, finish, host, k, missing, port
 
 try:
     from pymemcache.client.base import Client
 except ImportError as e:
-    print(f"pymemcache missing: {e}")
-    sys.exit(77)
+    missing("pymemcache", e)
 
-host, port, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = Client((host, port), connect_timeout=2, timeout=2, default_noreply=False)
-checks, failed = 0, 0
-
-
-def check(what, got, want):
-    global checks, failed
-    checks += 1
-    if got != want:
-        failed += 1
-        print(f"FAIL {what}: got {got!r}, want {want!r}")
-
-
-def k(name):
-    return prefix + name
-
-
 check("set", c.set(k("a"), b"alpha", flags=5), True)
 check("get", c.get(k("a")), b"alpha")
 check("get missing", c.get(k("missing")), None)
@@ -77,7 +58,4 @@ check("delete_many", c.delete_many([k("m1"), k("m2")]), True)
 check("get_many after delete_many", c.get_many([k("m1"), k("m2"), k("m3")]), {k("m3"): b"3"})
 
 c.close()
-if failed:
-    print(f"{failed} of {checks} checks failed")
-    sys.exit(1)
-print(f"PASS {checks} checks")
+finish()
