@@ -179,7 +179,9 @@ type kentry struct {
 	size    int
 	expires time.Time
 	filled  uint64
-	ring    int // position in Cache.ring
+	// metaState: the item carried meta-protocol state when installed (mg left to the server)
+	metaState bool
+	ring      int // position in Cache.ring
 }
 
 type retired struct {
@@ -505,7 +507,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 		}
 		c.evict(v, &c.churn.EvictedSpace)
 	}
-	if _, err := c.arena.WriteAt(enc.chunk(len(it.Key), loc, mono, expires), int64(loc>>pageShift)*pageStride+int64(loc&(pageBytes-1))); err != nil {
+	if _, err := c.arena.WriteAt(enc.chunk(len(it.Key), loc, mono, expires, it.MetaState), int64(loc>>pageShift)*pageStride+int64(loc&(pageBytes-1))); err != nil {
 		c.slabs.release(loc) // never reachable
 		if old != nil {
 			c.dropFromIndex(old)
@@ -522,6 +524,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 	e := &kentry{
 		key: it.Key, hash: hash, class: class, loc: loc, slot: slot, cost: cost,
 		flags: it.Flags, cas: it.CAS, size: len(it.Value), expires: it.Expires, filled: mono,
+		metaState: it.MetaState,
 	}
 	c.index.set(slot, hash, loc)
 	if old != nil {
@@ -691,7 +694,7 @@ func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
 // after the last flush.
 func (c *Cache) current(e *kentry, it kernelcache.Item) bool {
 	return e.cas == it.CAS && e.flags == it.Flags && e.size == len(it.Value) &&
-		e.expires.Equal(it.Expires) && c.unflushed(e)
+		e.expires.Equal(it.Expires) && e.metaState == it.MetaState && c.unflushed(e)
 }
 
 // FetchedBatch is how many entries one TakeFetched call examines: all of them for caches of up to

@@ -30,6 +30,7 @@ var passReasons = map[xdpcacheCounter]string{
 	xdpcacheCounterPASS_NOT_ALLOWED:   "not_allowed",
 	xdpcacheCounterPASS_RATE_LIMITED:  "rate_limited",
 	xdpcacheCounterPASS_AMPLIFICATION: "amplification",
+	xdpcacheCounterPASS_META_FLAGS:    "meta_flags",
 	xdpcacheCounterPASS_TO_TC:         "to_tc",
 }
 

@@ -55,12 +55,14 @@ func TestDifferentialServer(t *testing.T) {
 		send(uint16(i), fmt.Sprintf("set %s %d 0 %d\r\n%s\r\n", k, i, 3, "abc"))
 	}
 
-	var kernelAnswers, passes, writes int
+	var kernelAnswers, metaAnswers, passes, writes int
 	const rounds = 6000
 	for i := 0; i < rounds; i++ {
 		rid := uint16(rng.Uint32())
 		var cmd string
 		switch r := rng.IntN(100); {
+		case r < 30:
+			cmd = metaGet(rng, pick())
 		case r < 85:
 			verb := "get"
 			if rng.IntN(4) == 0 {
@@ -86,6 +88,16 @@ func TestDifferentialServer(t *testing.T) {
 			cmd = fmt.Sprintf("touch %s 0\r\n", pick())
 		case r < 98 && rng.IntN(5) == 0:
 			cmd = "flush_all\r\n"
+		case r < 98 && rng.IntN(2) == 0:
+			// Meta-protocol state mg replies show: a stale mark (X, W), a vivified item (Z).
+			if rng.IntN(2) == 0 {
+				cmd = fmt.Sprintf("md %s I\r\n", pick())
+			} else {
+				cmd = fmt.Sprintf("mg %s N30 v\r\n", pick())
+			}
+		case r < 98:
+			v := value()
+			cmd = fmt.Sprintf("set %s %d 1000 %d\r\n%s\r\n", pick(), rng.Uint32(), len(v), v) // expires
 		default:
 			v := value()
 			cmd = fmt.Sprintf("add %s 1 0 %d\r\n%s\r\n", pick(), len(v), v)
@@ -97,6 +109,9 @@ func TestDifferentialServer(t *testing.T) {
 		switch verdict {
 		case xdpTX:
 			kernelAnswers++
+			if strings.HasPrefix(cmd, "mg ") {
+				metaAnswers++
+			}
 			got := checkReply(t, req, out, nil) // payload compared below
 			want := srv.HandleDatagram(req.Payload)
 			if len(want) != 1 || !bytes.Equal(got.Payload, want[0]) {
@@ -107,7 +122,7 @@ func TestDifferentialServer(t *testing.T) {
 			if !bytes.Equal(out, frame) {
 				t.Fatalf("round %d %q: passed but changed", i, cmd)
 			}
-			if !strings.HasPrefix(cmd, "get") {
+			if !strings.HasPrefix(cmd, "get") && !strings.HasPrefix(cmd, "mg") {
 				writes++
 			}
 			send(rid, cmd)
@@ -115,11 +130,35 @@ func TestDifferentialServer(t *testing.T) {
 			t.Fatalf("round %d: verdict %d", i, verdict)
 		}
 	}
-	t.Logf("%d rounds: %d answered by the kernel (identical to the server), %d passed (%d writes)",
-		rounds, kernelAnswers, passes, writes)
+	t.Logf("%d rounds: %d answered by the kernel (identical to the server; %d mg), %d passed (%d writes)",
+		rounds, kernelAnswers, metaAnswers, passes, writes)
 	pc, _ := c.PassCounts()
 	t.Logf("passes by reason: %v", pc)
-	if kernelAnswers < rounds/10 {
-		t.Fatalf("only %d of %d requests answered in the kernel: the comparison is too thin", kernelAnswers, rounds)
+	if kernelAnswers < rounds/10 || metaAnswers < rounds/50 {
+		t.Fatalf("only %d of %d requests (%d mg) answered in the kernel: the comparison is too thin",
+			kernelAnswers, rounds, metaAnswers)
 	}
+}
+
+// metaGet is a random mg of key: the flags clients read with, in random order, now and then one
+// the kernel leaves to the server, a flag twice, or a flag with a stray argument.
+func metaGet(rng *rand.Rand, key string) string {
+	flags := []string{"v", "f", "t", "c", "k", "s", "q", "O" + strings.Repeat("x", rng.IntN(31)) + "1"}
+	rng.Shuffle(len(flags), func(i, j int) { flags[i], flags[j] = flags[j], flags[i] })
+	flags = flags[:rng.IntN(len(flags)+1)]
+	switch rng.IntN(12) {
+	case 0:
+		flags = append(flags, []string{"h", "l", "u", "E5", "T30"}[rng.IntN(5)])
+	case 1:
+		if len(flags) > 0 {
+			flags = append(flags, flags[0])
+		}
+	case 2:
+		flags = append(flags, "kk")
+	}
+	cmd := "mg " + key
+	for _, f := range flags {
+		cmd += " " + f
+	}
+	return cmd + "\r\n"
 }

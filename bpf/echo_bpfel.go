@@ -15,7 +15,7 @@ import (
 
 type echoCounterSet struct {
 	_ structs.HostLayout
-	N [26]uint64
+	N [27]uint64
 }
 
 // Names of all BPF objects in the ELF.

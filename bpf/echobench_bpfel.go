@@ -22,7 +22,7 @@ type echoBenchBenchPkt struct {
 
 type echoBenchCounterSet struct {
 	_ structs.HostLayout
-	N [26]uint64
+	N [27]uint64
 }
 
 type echoBenchFloorBytes struct {

@@ -86,9 +86,11 @@ func classFor(n int) int {
 // encoded is an item in the form the program serves: the server's get reply bytes for it and the
 // CAS text gets inserts.
 type encoded struct {
-	data   []byte // "VALUE <key> <flags> <bytes>\r\n<value>\r\n"
-	hdrLen int    // len("VALUE <key> <flags> <bytes>")
-	cas    []byte // " <cas unique>"
+	data     []byte // "VALUE <key> <flags> <bytes>\r\n<value>\r\n"
+	hdrLen   int    // len("VALUE <key> <flags> <bytes>")
+	cas      []byte // " <cas unique>"
+	flagsLen int    // len("<flags>"), which mg's f returns
+	sizeLen  int    // len("<bytes>"), which mg's v and s return
 }
 
 // encode builds the entry bytes with the same encoder the server uses, so the kernel's reply is
@@ -96,11 +98,31 @@ type encoded struct {
 func encode(key string, flags uint32, value []byte, cas uint64) encoded {
 	hdr := protocol.AppendValueHeader(nil, key, flags, len(value))
 	data := protocol.AppendValue(make([]byte, 0, len(hdr)+len(value)+4), key, flags, value, cas, false)
+	sizeLen := len(strconv.Itoa(len(value)))
 	return encoded{
-		data:   data,
-		hdrLen: len(hdr),
-		cas:    strconv.AppendUint([]byte{' '}, cas, 10),
+		data:     data,
+		hdrLen:   len(hdr),
+		cas:      strconv.AppendUint([]byte{' '}, cas, 10),
+		sizeLen:  sizeLen,
+		flagsLen: len(hdr) - len("VALUE ") - len(key) - 2 - sizeLen,
 	}
+}
+
+// Bits of entry_hdr.meta (cache_maps.h).
+const (
+	metaMG        = 0x8000 // mg may be answered
+	metaSizeMask  = 0x7    // bytes of the size text
+	metaFlagsBits = 3      // the flags text's length, from this bit
+)
+
+// meta is entry_hdr.meta for e: the lengths of its flags and size texts, and whether mg of it may
+// be answered (not when the item carries meta-protocol state).
+func (e encoded) meta(metaState bool) uint16 {
+	m := uint16(e.sizeLen&metaSizeMask) | uint16(e.flagsLen&0x1f)<<metaFlagsBits
+	if !metaState {
+		m |= metaMG
+	}
+	return m
 }
 
 // chunkLen is the bytes of the entry in the arena: header, data, END, gets header.
@@ -110,7 +132,7 @@ func (e encoded) chunkLen() int {
 
 // chunk lays the entry out as the program reads it (struct entry_hdr, then data with "END\r\n",
 // then "VALUE <key> <flags> <bytes> <cas>"), with the precomputed checksum sums of its pieces.
-func (e encoded) chunk(keyLen int, loc uint32, filled, expires uint64) []byte {
+func (e encoded) chunk(keyLen int, loc uint32, filled, expires uint64, metaState bool) []byte {
 	getsHead := append(e.data[:e.hdrLen:e.hdrLen], e.cas...)
 	h := xdpcacheEntryHdr{
 		ExpiresNs:    expires,
@@ -120,7 +142,8 @@ func (e encoded) chunk(keyLen int, loc uint32, filled, expires uint64) []byte {
 		KeyLen:       uint16(keyLen),
 		CasLen:       uint16(len(e.cas)),
 		CsumData:     uint32(checksum.Fold(checksum.Sum(e.data))),
-		CsumGetsHead: uint32(checksum.Fold(checksum.Sum(getsHead))),
+		CsumGetsHead: checksum.Fold(checksum.Sum(getsHead)),
+		Meta:         e.meta(metaState),
 		CsumTail:     uint32(checksum.Fold(checksum.Sum(e.data[e.hdrLen:]))),
 		Loc:          loc,
 	}

@@ -56,16 +56,17 @@ const (
 	xdpcacheCounterPASS_NOT_ALLOWED   xdpcacheCounter = 19
 	xdpcacheCounterPASS_RATE_LIMITED  xdpcacheCounter = 20
 	xdpcacheCounterPASS_AMPLIFICATION xdpcacheCounter = 21
-	xdpcacheCounterPASS_TO_TC         xdpcacheCounter = 22
-	xdpcacheCounterCNT_TC_REQUESTS    xdpcacheCounter = 23
-	xdpcacheCounterCNT_TC_HITS        xdpcacheCounter = 24
-	xdpcacheCounterCNT_TC_BYTES       xdpcacheCounter = 25
-	xdpcacheCounterCNT_MAX            xdpcacheCounter = 26
+	xdpcacheCounterPASS_META_FLAGS    xdpcacheCounter = 22
+	xdpcacheCounterPASS_TO_TC         xdpcacheCounter = 23
+	xdpcacheCounterCNT_TC_REQUESTS    xdpcacheCounter = 24
+	xdpcacheCounterCNT_TC_HITS        xdpcacheCounter = 25
+	xdpcacheCounterCNT_TC_BYTES       xdpcacheCounter = 26
+	xdpcacheCounterCNT_MAX            xdpcacheCounter = 27
 )
 
 type xdpcacheCounterSet struct {
 	_ structs.HostLayout
-	N [26]uint64
+	N [27]uint64
 }
 
 type xdpcacheEntryHdr struct {
@@ -77,7 +78,8 @@ type xdpcacheEntryHdr struct {
 	KeyLen       uint16
 	CasLen       uint16
 	CsumData     uint32
-	CsumGetsHead uint32
+	CsumGetsHead uint16
+	Meta         uint16
 	CsumTail     uint32
 	Loc          uint32
 }
@@ -118,10 +120,24 @@ type xdpcacheScratch struct {
 	OutLen         uint32
 	Gets           uint32
 	Launder        uint32
-	Locs           [32]uint32
+	Meta           uint32
+	MhdrLen        uint32
+	Mtail          uint32
+	MreqLen        uint32
+	Mseen          uint32
+	Mntok          uint32
+	Mlast          uint32
+	MopqLen        uint32
 	_              [4]byte
+	Mtoks          uint64
+	MframeCsum     uint64
+	Locs           [32]uint32
 	Key            [32]uint64
+	Hdr            [16]uint64
 	BenchHeadGrown int32
+	Mopq           [40]uint8
+	Mhdr           [704]uint8
+	Mreq           [520]uint8
 	_              [4]byte
 }
 

@@ -40,7 +40,7 @@ type xdpcacheBenchBenchPkt struct {
 
 type xdpcacheBenchCounterSet struct {
 	_ structs.HostLayout
-	N [26]uint64
+	N [27]uint64
 }
 
 type xdpcacheBenchHandoff struct {
@@ -79,10 +79,24 @@ type xdpcacheBenchScratch struct {
 	OutLen         uint32
 	Gets           uint32
 	Launder        uint32
-	Locs           [32]uint32
+	Meta           uint32
+	MhdrLen        uint32
+	Mtail          uint32
+	MreqLen        uint32
+	Mseen          uint32
+	Mntok          uint32
+	Mlast          uint32
+	MopqLen        uint32
 	_              [4]byte
+	Mtoks          uint64
+	MframeCsum     uint64
+	Locs           [32]uint32
 	Key            [32]uint64
+	Hdr            [16]uint64
 	BenchHeadGrown int32
+	Mopq           [40]uint8
+	Mhdr           [704]uint8
+	Mreq           [520]uint8
 	_              [4]byte
 }
 

@@ -17,6 +17,9 @@ type Item struct {
 	CAS   uint64
 	// Expires is when the item stops being servable; the zero Time means never.
 	Expires time.Time
+	// MetaState is set when the item carries meta-protocol state that mg replies show (a stale
+	// mark, an issued recache token): the kernel then leaves mg of it to the server.
+	MetaState bool
 }
 
 // Stats are the kernel path's own counters, summed over CPUs.

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/xdpcache/xdpcache/cache"
 	"github.com/xdpcache/xdpcache/internal/protocol"
@@ -314,6 +315,8 @@ func (c *session) metaGet(key []byte, f *metaFlags) {
 		if won {
 			c.out = append(c.out, " W"...)
 			cur.WinIssued = true
+			// mg replies show the token from now on (Z): the kernel copy must not answer mg.
+			op = cache.Modify
 		}
 		c.out = append(c.out, "\r\n"...)
 		if f.value {
@@ -322,6 +325,17 @@ func (c *session) metaGet(key []byte, f *metaFlags) {
 		if !f.noUpdate {
 			cur.Fetched = true
 			cur.LastAccess = now
+		}
+		if op == cache.Keep && c.udp && s.kernel != nil && !f.binKey {
+			// A UDP hit fills the kernel cache as get's do (readKey), under the key's lock.
+			ki := KernelItem{Key: string(key), Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
+				MetaState: cur.Stale || cur.WinIssued}
+			if cur.Exptime != 0 {
+				ki.Expires = time.Unix(cur.Exptime, 0)
+			}
+			if err := s.kernel.Offer(ki); err != nil {
+				s.st.kernelErrors.Add(1)
+			}
 		}
 		return nil, op
 	})

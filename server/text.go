@@ -117,7 +117,8 @@ func (c *session) readKey(k string, key []byte, withCAS bool) bool {
 			c.out = protocol.AppendValue(c.out, k, cur.Flags, cur.Value, cur.CAS, withCAS)
 			cur.Fetched = true
 			cur.LastAccess = s.store.Now().Unix()
-			ki := KernelItem{Key: string(key), Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS}
+			ki := KernelItem{Key: string(key), Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
+				MetaState: cur.Stale || cur.WinIssued}
 			if cur.Exptime != 0 {
 				ki.Expires = time.Unix(cur.Exptime, 0)
 			}

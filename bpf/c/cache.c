@@ -24,6 +24,7 @@
 #include "emit.h"
 #include "reply.h"
 #include "admit.h"
+#include "meta.h"
 
 #include <linux/pkt_cls.h>
 
@@ -118,7 +119,6 @@ static __always_inline int handle_xdp(struct xdp_md *ctx)
 	struct scratch *st = NULL;
 	__u32 orig_len, cmd_off;
 	int ret, delta, head_grown = 0;
-	__u64 hdr[HDR_MAX / 8]; /* the request's headers, to put back if a helper fails */
 
 	ret = first_pass_xdp(ctx, &st, &rq);
 	if (ret || !st)
@@ -136,7 +136,7 @@ static __always_inline int handle_xdp(struct xdp_md *ctx)
 	 * that grow past the headroom (not tried at the head: a failed call costs a call), and
 	 * shrinks. What neither can hold goes to TC. */
 	if (delta > 0 && delta <= HEAD_GROW_MAX && cmd_off <= HDR_MAX && cmd_off >= 14 &&
-	    !read_headers(ctx, hdr, cmd_off) && !bpf_xdp_adjust_head(ctx, -delta)) {
+	    !read_headers(ctx, st->hdr, cmd_off) && !bpf_xdp_adjust_head(ctx, -delta)) {
 		head_grown = delta;
 		/* Before the entries: they land where the request's headers still are. */
 		if (build_headers((void *)(long)ctx->data, (void *)(long)ctx->data_end, &rq.l4, delta,
@@ -168,7 +168,7 @@ fail:
 #endif
 	if (head_grown) {
 		if (!bpf_xdp_adjust_head(ctx, head_grown) && cmd_off <= HDR_MAX && cmd_off >= 14)
-			bpf_xdp_store_bytes(ctx, 0, hdr, cmd_off);
+			bpf_xdp_store_bytes(ctx, 0, st->hdr, cmd_off);
 	}
 	if (bpf_xdp_adjust_tail(ctx, (int)orig_len - bpf_xdp_get_buff_len(ctx)))
 		return pass(PASS_INTERNAL);

@@ -59,11 +59,19 @@ struct entry_hdr {
 	__u16 key_len;        /* key bytes at data[6:] */
 	__u16 cas_len;        /* bytes of " <cas>" */
 	__u32 csum_data;      /* folded sum of data[0:len] */
-	__u32 csum_gets_head; /* folded sum of gets_head[0:hdr_len+cas_len] */
+	__u16 csum_gets_head; /* folded sum of gets_head[0:hdr_len+cas_len] */
+	__u16 meta;           /* META_MG, and the lengths of the flags and size texts (META_*) */
 	__u32 csum_tail;      /* folded sum of data[hdr_len:len], counted from its own first byte */
 	__u32 loc;            /* the entry's own arena offset: a torn index read cannot land on
 			       * bytes that are not an entry and pass for one */
 };
+
+/* entry_hdr.meta: META_MG when mg may be answered (the item carries no meta-protocol state, a
+ * stale mark or an issued recache token, that mg replies show); the bytes of the "<bytes>" text
+ * of the VALUE header in bits 0-2 and of the "<flags>" text in bits 3-7, for mg's s and f. */
+#define META_MG 0x8000
+#define META_SIZE_LEN(m) ((m) & 0x7)
+#define META_FLAGS_LEN(m) (((m) >> 3) & 0x1f)
 
 /* arena_page is one page of chunks. Chunks lie within the first PAGE_BYTES; the guard after them
  * lets the verifier prove that any read of up to CHUNK_MAX bytes from a chunk stays in the value. */
@@ -152,6 +160,12 @@ struct {
 	__type(value, __u64);
 } source_tat SEC(".maps");
 
+#define MOPQ_MAX 32   /* the longest O token ("O" and its opaque) the server echoes */
+#define MHDR_MAX 384  /* longest mg header line: "VA 1400" and every flag with the longest value */
+#define MHDR_BUF 704  /* MHDR_MAX plus room for a whole copy's words past any offset under it */
+#define MREQ_MAX 512  /* longest mg command the kernel answers */
+#define MREQ_BUF 520
+
 /* scratch is per-CPU working memory for one packet. */
 struct scratch {
 	__u64 now_ns;  /* bpf_ktime_get_ns() for the rate limit, at most once per packet; 0 = not yet */
@@ -163,9 +177,23 @@ struct scratch {
 	__u32 out_len; /* reply bytes after the frame header so far */
 	__u32 gets;    /* 1 for gets: insert the CAS unique */
 	__u32 launder; /* see launder() in cache.c */
+	__u32 meta;    /* 1: the request is an mg (meta.h) */
+	__u32 mhdr_len; /* mg: bytes of the reply's header line ("\r\n" included without v) */
+	__u32 mtail;   /* mg: 1 when the value follows the header line (flag v) */
+	__u32 mreq_len; /* mg: bytes of the request's command, kept in mreq */
+	__u32 mseen;   /* mg: the flags asked for (meta.h MF_*) */
+	__u32 mntok;   /* mg: how many flags */
+	__u32 mlast;   /* mg: 1 when the key ended the line (no flags) */
+	__u32 mopq_len; /* mg: bytes of the O token */
+	__u64 mtoks;   /* mg: the flags' letters, in request order, one a byte */
+	__u64 mframe_csum; /* mg: the frame header's sum */
 	__u32 locs[MAX_KEYS];    /* arena offset of each key's entry, found in the first pass */
 	__u64 key[KEY_WORDS];    /* the key just scanned, as little-endian words, zero-padded */
+	__u64 hdr[HDR_MAX / 8];  /* XDP: the request's headers, to put back if a helper fails */
 	__s32 bench_head_grown;  /* benchmark builds only: bytes the reply grew at the head */
+	__u8 mopq[MOPQ_MAX + 8]; /* mg: the O token, as the request had it */
+	__u8 mhdr[MHDR_BUF];     /* mg: the reply's header line, built by meta.h */
+	__u8 mreq[MREQ_BUF];     /* mg: the request's command, to put back if a helper fails */
 };
 
 /* scratch_map: key 0, value this CPU's scratch. */

@@ -20,7 +20,7 @@ enum counter {
 	PASS_IPV6_EXT,       /* IPv6 extension headers */
 	PASS_FRAGMENT,       /* IP fragment */
 	PASS_NOT_FRAMED,     /* no memcached frame header, or one that does not say 1 datagram */
-	PASS_NOT_GET,        /* a command other than get/gets */
+	PASS_NOT_GET,        /* a command other than get, gets and mg */
 	PASS_KEY_TOO_LONG,   /* a key over 250 bytes */
 	PASS_TOO_MANY_KEYS,  /* more keys than the program handles in one request */
 	PASS_MISS,           /* a key not in the kernel cache */
@@ -33,6 +33,7 @@ enum counter {
 	PASS_NOT_ALLOWED,    /* a source outside the allow-list */
 	PASS_RATE_LIMITED,   /* a source over its reply rate */
 	PASS_AMPLIFICATION,  /* the reply would be too many times the request's size */
+	PASS_META_FLAGS,     /* an mg with a flag, or of an item with meta state, the kernel leaves to the server */
 	PASS_TO_TC,          /* XDP could not grow the frame enough: handed to the TC program */
 	CNT_TC_REQUESTS,     /* of CNT_REQUESTS, those the TC program answered */
 	CNT_TC_HITS,         /* of CNT_HITS, those the TC program served */

@@ -98,8 +98,59 @@ __noinline int REQ_FN(restore_key)(REQ_CTX *ctx, __u32 i, __u32 pos)
 	return REQ_STORE_BYTES(ctx, pos, (__u8 *)(e + 1) + 6, n) ? -1 : (int)n;
 }
 
+/* meta_flag reads flag i of an mg (meta.h), in one call: a global function, so that the verifier
+ * checks it once however many flags come before it. */
+__noinline int REQ_FN(meta_flag)(REQ_CTX *ctx, __u32 i)
+{
+	struct scratch *st = get_scratch();
+
+	if (!st)
+		return -PASS_INTERNAL;
+	return meta_flag((void *)(long)ctx->data, (void *)(long)ctx->data_end, st, i);
+}
+
+/* meta_pass starts the first pass over an mg (meta.h), the command cmd_len bytes at cmd_off, whose
+ * key starts at the scratch's pos: the key found, and st->mlast set when no flags follow. The
+ * program itself then reads the flags (meta_flag) and has the header line built (meta_header),
+ * which keeps the call stack one deep. A global
+ * function, so that the verifier checks it once. It keeps the command to put it back should a
+ * helper fail. Returns 0 or a pass reason. */
+__noinline int REQ_FN(meta_pass)(REQ_CTX *ctx, __u32 cmd_off, __u32 cmd_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct scratch *st = get_scratch();
+	__u64 frame_csum;
+	int ret;
+
+	if (!st)
+		return PASS_INTERNAL;
+	if (cmd_len > MREQ_MAX)
+		return PASS_META_FLAGS;
+	frame_csum = st->csum;
+	if (save_request(data, data_end, st, cmd_off, cmd_len))
+		return PASS_MALFORMED;
+	ret = meta_key(data, data_end, st);
+	if (ret < 0)
+		return -ret;
+	st->mframe_csum = frame_csum;
+	st->mlast = ret;
+	return 0;
+}
+
+/* emit_meta writes an mg reply's payload at pos (meta.h), in one call. Returns 0 or -1. */
+__noinline int REQ_FN(emit_meta)(REQ_CTX *ctx, __u32 pos)
+{
+	struct scratch *st = get_scratch();
+
+	if (!st)
+		return -1;
+	return emit_meta((void *)(long)ctx->data, (void *)(long)ctx->data_end, st, pos);
+}
+
 /* first_pass decides whether the request in ctx can be answered, without touching the packet:
- * one whole datagram, a get or gets in canonical form ("get k1 k2\r\n", single spaces), every
+ * one whole datagram, a get or gets in canonical form ("get k1 k2\r\n", single spaces) or an mg
+ * (meta.h), every
  * key with a live entry, the reply within one datagram and the MTU, no more than
  * cfg_max_amp_x16/16 times the request, the source allowed and within its rate. It fills rq, and
  * the scratch with each key's entry and the reply's payload sum. Returns 0, or the pass reason. */
@@ -143,10 +194,14 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 
 		if ((void *)(c + 5) > data_end)
 			return PASS_MALFORMED;
-		if (c[0] != 'g' || c[1] != 'e' || c[2] != 't')
+		st->gets = 0;
+		st->meta = 0;
+		if (c[0] == 'm' && c[1] == 'g' && c[2] == ' ') {
+			st->meta = 1;
+			prefix_len = 3;
+		} else if (c[0] != 'g' || c[1] != 'e' || c[2] != 't') {
 			return PASS_NOT_GET;
-		if (c[3] == ' ') {
-			st->gets = 0;
+		} else if (c[3] == ' ') {
 			prefix_len = 4;
 		} else if (c[3] == 's' && c[4] == ' ') {
 			st->gets = 1;
@@ -161,7 +216,7 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 	l4.ipv6 = launder(st, l4.ipv6) & 1;
 	prefix_len = launder(st, prefix_len);
 	if (l4.l3_off < 14 || l4.l3_off > 18 || l4.l4_off <= l4.l3_off || l4.l4_off > 58 ||
-	    !in_range(prefix_len, 4, 5))
+	    !in_range(prefix_len, 3, 5))
 		return PASS_INTERNAL;
 	cmd_off = l4.l4_off + sizeof(struct udphdr) + FRAME_LEN;
 	st->pos = cmd_off + prefix_len;
@@ -171,6 +226,24 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 	st->out_len = 0;
 	st->csum = bpf_ntohs(fr->request_id) + 1; /* frame header words: id, seq 0, total 1, 0 */
 
+	if (st->meta) {
+		/* One call checks the whole mg and builds its header line (meta.h). */
+		ret = REQ_FN(meta_pass)(ctx, cmd_off, cmd_len);
+		if (ret)
+			return ret;
+		ret = st->mlast ? 1 : 0;
+		for (__u32 i = 0; ret == 0 && i <= MAX_META_FLAGS; i++)
+			ret = REQ_FN(meta_flag)(ctx, i);
+		if (ret < 0)
+			return -ret;
+		if (ret != 1)
+			return PASS_META_FLAGS;
+		ret = meta_header(st->locs[0]);
+		if (ret)
+			return ret;
+		nkeys = 1;
+		goto checked;
+	}
 	/* The first key is scanned and found inline, so a single-key get, the common case, makes
 	 * no function call before the reply grows. The keys after it go through lookup_keys, BATCH
 	 * to a call. */
@@ -192,6 +265,7 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 	}
 	if (ret != 1)
 		return PASS_TOO_MANY_KEYS;
+checked:
 	nkeys = launder(st, nkeys); /* one count, not one constant per count */
 	if (nkeys == 0 || nkeys > MAX_KEYS)
 		return PASS_INTERNAL;
@@ -199,7 +273,7 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 	if (st->pos != cmd_off + cmd_len)
 		return PASS_MALFORMED;
 
-	total = FRAME_LEN + st->out_len + END_LEN;
+	total = FRAME_LEN + st->out_len + (st->meta ? 0 : END_LEN);
 	ip_hdr = l4.ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	if (total > MAX_PAYLOAD || ip_hdr + sizeof(struct udphdr) + total > cfg_mtu)
 		return PASS_TOO_BIG;
@@ -210,7 +284,8 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 	ret = admit_source(data, data_end, &l4, st);
 	if (ret)
 		return ret;
-	st->csum += csum_at(END_CSUM, FRAME_LEN + st->out_len);
+	if (!st->meta)
+		st->csum += csum_at(END_CSUM, FRAME_LEN + st->out_len);
 
 	rq->l4 = l4;
 	rq->cmd_off = cmd_off;
@@ -229,6 +304,8 @@ static __always_inline int REQ_FN(write_entries)(REQ_CTX *ctx, struct scratch *s
 	__u32 pos = rq->cmd_off;
 	int ret;
 
+	if (st->meta)
+		return REQ_FN(emit_meta)(ctx, pos);
 	if (rq->nkeys == 1)
 		return emit_key_in((void *)(long)ctx->data, (void *)(long)ctx->data_end, st, 0, pos,
 				   1) < 0 ? -1 : 0;
@@ -250,7 +327,11 @@ static __always_inline int REQ_FN(restore_command)(REQ_CTX *ctx, struct scratch 
 						    const struct request *rq)
 {
 	__u32 pos, cmd_off = rq->cmd_off, nkeys = rq->nkeys;
+	__u64 n = st->mreq_len;
 	int ret;
+
+	if (st->meta)
+		return in_range(n, 8, MREQ_MAX) && !REQ_STORE_BYTES(ctx, cmd_off, st->mreq, n) ? 0 : -1;
 
 	/* Constant lengths: the verifier needs a bounded size on the register passed. */
 	if (st->gets ? REQ_STORE_BYTES(ctx, cmd_off, "gets ", 5) :
