@@ -665,8 +665,7 @@ func threadSwitches(t testing.TB, tid int) int {
 // reader. With EPOLLIN alone the waiter wakes and sleeps again inside epoll_wait; registered as
 // Go's netpoller registers every socket (EPOLLIN|EPOLLOUT, edge-triggered), the wake also finds the
 // socket writable, so epoll_wait returns once per answered request. Either way the server's
-// process runs for requests it does not answer. (A thread blocked in read(2) is not woken:
-// BenchmarkSkLayerReply's reader-wakes.)
+// process runs for requests it does not answer.
 func TestSkSKBAnswerWakesEpollWaiter(t *testing.T) {
 	const requests = 100
 	for _, tc := range []struct {
