@@ -3,6 +3,7 @@
 #   1. the Go server against Debian's memcached (TCP GET/SET, UDP GET) on loopback
 #   2. the XDP program against a minimal swap-and-XDP_TX program (Program.Benchmark, in the kernel)
 #   3. the item store (single shard vs sharded)
+#   7. the socket-layer (SK_SKB/SK_MSG) reply paths against a userspace reply (scripts/sk-bench.sh)
 # Figures we quote live in docs/BENCHMARKS.md with these exact commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,9 @@ else
 	echo "bench: skipping the XDP program benchmark (needs root: sudo make bench)" >&2
 fi
 run go test ./cache -run '^$' -bench . -benchtime 1s -count 3
+if [ "$(id -u)" = 0 ]; then
+	run ./scripts/sk-bench.sh
+else
+	echo "bench: skipping the socket-layer reply benchmark (needs root: sudo make bench)" >&2
+fi
 echo "bench: all output in $out" >&2
