@@ -319,21 +319,7 @@ func (r *blockingReader) wakes(b *testing.B) int {
 	if r == nil {
 		return 0
 	}
-	s, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", r.id))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(s), "\n") {
-		if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			if err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-	}
-	b.Fatal("no voluntary_ctxt_switches in the thread's status")
-	return 0
+	return threadSwitches(b, r.id)
 }
 
 // blockingFD is a blocking duplicate of the connection's socket, closed with the benchmark.
