@@ -22,10 +22,12 @@ const (
 	skProbeMapProbePending        = "probe_pending"
 	skProbeMapProbeSocks          = "probe_socks"
 	skProbeProgProbeMsg           = "probe_msg"
+	skProbeProgProbeParser        = "probe_parser"
 	skProbeProgProbeSkbVerdict    = "probe_skb_verdict"
 	skProbeProgProbeStreamVerdict = "probe_stream_verdict"
 	skProbeVarCfgGate             = "cfg_gate"
 	skProbeVarCfgMode             = "cfg_mode"
+	skProbeVarCfgMsgDrop          = "cfg_msg_drop"
 	skProbeVarCfgPull             = "cfg_pull"
 	skProbeVarCfgReplyLen         = "cfg_reply_len"
 	skProbeVarCfgReqLen           = "cfg_req_len"
@@ -74,6 +76,7 @@ type skProbeSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type skProbeProgramSpecs struct {
 	ProbeMsg           *ebpf.ProgramSpec `ebpf:"probe_msg"`
+	ProbeParser        *ebpf.ProgramSpec `ebpf:"probe_parser"`
 	ProbeSkbVerdict    *ebpf.ProgramSpec `ebpf:"probe_skb_verdict"`
 	ProbeStreamVerdict *ebpf.ProgramSpec `ebpf:"probe_stream_verdict"`
 }
@@ -95,6 +98,7 @@ type skProbeMapSpecs struct {
 type skProbeVariableSpecs struct {
 	CfgGate     *ebpf.VariableSpec `ebpf:"cfg_gate"`
 	CfgMode     *ebpf.VariableSpec `ebpf:"cfg_mode"`
+	CfgMsgDrop  *ebpf.VariableSpec `ebpf:"cfg_msg_drop"`
 	CfgPull     *ebpf.VariableSpec `ebpf:"cfg_pull"`
 	CfgReplyLen *ebpf.VariableSpec `ebpf:"cfg_reply_len"`
 	CfgReqLen   *ebpf.VariableSpec `ebpf:"cfg_req_len"`
@@ -143,6 +147,7 @@ func (m *skProbeMaps) Close() error {
 type skProbeVariables struct {
 	CfgGate     *ebpf.Variable `ebpf:"cfg_gate"`
 	CfgMode     *ebpf.Variable `ebpf:"cfg_mode"`
+	CfgMsgDrop  *ebpf.Variable `ebpf:"cfg_msg_drop"`
 	CfgPull     *ebpf.Variable `ebpf:"cfg_pull"`
 	CfgReplyLen *ebpf.Variable `ebpf:"cfg_reply_len"`
 	CfgReqLen   *ebpf.Variable `ebpf:"cfg_req_len"`
@@ -153,6 +158,7 @@ type skProbeVariables struct {
 // It can be passed to loadSkProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type skProbePrograms struct {
 	ProbeMsg           *ebpf.Program `ebpf:"probe_msg"`
+	ProbeParser        *ebpf.Program `ebpf:"probe_parser"`
 	ProbeSkbVerdict    *ebpf.Program `ebpf:"probe_skb_verdict"`
 	ProbeStreamVerdict *ebpf.Program `ebpf:"probe_stream_verdict"`
 }
@@ -160,6 +166,7 @@ type skProbePrograms struct {
 func (p *skProbePrograms) Close() error {
 	return _SkProbeClose(
 		p.ProbeMsg,
+		p.ProbeParser,
 		p.ProbeSkbVerdict,
 		p.ProbeStreamVerdict,
 	)

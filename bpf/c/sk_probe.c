@@ -14,6 +14,7 @@
  *                 redirects it to the same socket's egress; the SK_MSG program on the send side
  *                 turns a marked message into the reply (bpf_msg_push_data/bpf_msg_pop_data and
  *                 direct writes) and passes everything else unchanged.
+ * probe_parser is a stream parser that takes each segment whole, for the tests that attach one.
  * With cfg_gate set, the verdict answers only while the reader owes no reply: it counts the bytes
  * it passed (probe_passed), the reader publishes the bytes it has read and answered
  * (probe_answered), and a request is answered in the kernel only when the two are equal.
@@ -203,6 +204,16 @@ int probe_skb_verdict(struct __sk_buff *skb)
 	return verdict(skb);
 }
 
+/* A stream parser that takes each segment whole as one message. */
+SEC("sk_skb/stream_parser")
+int probe_parser(struct __sk_buff *skb)
+{
+	return skb->len;
+}
+
+/* MODE_MARK with a failing send side: the SK_MSG program drops every marked message. */
+volatile const __u32 cfg_msg_drop = 0;
+
 SEC("sk_msg")
 int probe_msg(struct sk_msg_md *msg)
 {
@@ -222,6 +233,8 @@ int probe_msg(struct sk_msg_md *msg)
 	if (p + 1 > end || *p != MARK || (cfg_pull && have != cfg_req_len))
 		goto err;
 	__sync_fetch_and_sub(pending, 1);
+	if (cfg_msg_drop)
+		return SK_DROP;
 	if (n < 4 || n > REPLY_MAX)
 		goto err;
 	if (n > have && bpf_msg_push_data(msg, have, n - have, 0))
