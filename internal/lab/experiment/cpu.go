@@ -53,6 +53,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	rate := fs.Int("rate", envInt("RATE", 30000), "offered GETs/s, open loop, the same for every case (env RATE)")
 	window := fs.Duration("duration", envDuration("DURATION", 8*time.Second), "sampling window per case (env DURATION)")
 	keys := fs.Int("keys", envInt("KEYS", 1000), "key space, uniform, all hot (env KEYS)")
+	valueSize := fs.Int("value-size", envInt("VALUE_SIZE", 32), "value bytes: replies over ~200 bytes more than their request are the TC program's on veth (env VALUE_SIZE)")
 	casesFlag := fs.String("cases", env("CASES", "kernel go memcached"), "which servers (env CASES)")
 	rounds := fs.Int("rounds", envInt("ROUNDS", 3), "rounds of every case, order alternating; the summary gives the median ratio (env ROUNDS)")
 	if err := fs.Parse(args); err != nil {
@@ -85,7 +86,7 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 			if err := os.MkdirAll(sub, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", sub, err)
 			}
-			res, err := cpuCase(ctx, c, lb, sub, cs, *rate, *keys, *window)
+			res, err := cpuCase(ctx, c, lb, sub, cs, *rate, *keys, *valueSize, *window)
 			if err != nil {
 				return err
 			}
@@ -97,10 +98,10 @@ func runCPU(ctx context.Context, c *common, args []string) error {
 	if err := os.WriteFile(filepath.Join(dir, "cpu.json"), b, 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)
 	}
-	return c.summary(dir, cpuSummary(results, *rate, dir))
+	return c.summary(dir, cpuSummary(results, *rate, *valueSize, dir))
 }
 
-func cpuCase(ctx context.Context, c *common, lb *Lab, dir, cs string, rate, keys int, window time.Duration) (*cpuResult, error) {
+func cpuCase(ctx context.Context, c *common, lb *Lab, dir, cs string, rate, keys, valueSize int, window time.Duration) (*cpuResult, error) {
 	stop, _, err := startCase(ctx, lb, dir, cs)
 	if err != nil {
 		return nil, err
@@ -115,7 +116,7 @@ func cpuCase(ctx context.Context, c *common, lb *Lab, dir, cs string, rate, keys
 	stem := filepath.Join(dir, "bench")
 	cmd, err := lb.BenchCmd(stem, "--rate", strconv.Itoa(rate), "--duration", (window + 4*time.Second).String(),
 		"--warmup", "1s", "--keys", strconv.Itoa(keys), "--key-dist", "uniform", "--get-ratio", "1",
-		"--value-size", "32", "--kernel-dscp", strconv.Itoa(lab.ReplyDSCP))
+		"--value-size", strconv.Itoa(valueSize), "--kernel-dscp", strconv.Itoa(lab.ReplyDSCP))
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +226,7 @@ func cpuFigures(cs string, a, b cpuSnap) cpuResult {
 }
 
 // cpuSummary prints each round's table and ratios, then the median ratios over the rounds.
-func cpuSummary(rs []cpuResult, rate int, dir string) string {
+func cpuSummary(rs []cpuResult, rate, valueSize int, dir string) string {
 	var sb strings.Builder
 	byRound := map[int][]cpuResult{}
 	var rounds []int
@@ -237,7 +238,7 @@ func cpuSummary(rs []cpuResult, rate int, dir string) string {
 	}
 	perBase := map[string][]float64{}
 	for _, n := range rounds {
-		text, ratios := cpuRoundSummary(byRound[n], rate, dir)
+		text, ratios := cpuRoundSummary(byRound[n], rate, valueSize, dir)
 		fmt.Fprintf(&sb, "round %d:\n%s", n, text)
 		for base, r := range ratios {
 			perBase[base] = append(perBase[base], r)
@@ -259,10 +260,10 @@ func cpuSummary(rs []cpuResult, rate int, dir string) string {
 }
 
 // cpuRoundSummary is one round's table and its process/XDP ratio per baseline.
-func cpuRoundSummary(rs []cpuResult, rate int, dir string) (string, map[string]float64) {
+func cpuRoundSummary(rs []cpuResult, rate, valueSize int, dir string) (string, map[string]float64) {
 	ratios := map[string]float64{}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "cpu: server CPU per GET hit at %d GETs/s offered (open loop, 32-byte values, all keys hot); results %s\n", rate, dir)
+	fmt.Fprintf(&sb, "cpu: server CPU per GET hit at %d GETs/s offered (open loop, %d-byte values, all keys hot); results %s\n", rate, valueSize, dir)
 	fmt.Fprintf(&sb, "%-10s %9s %9s %10s %11s %10s %10s %10s %9s %9s\n", "case", "GETs/s", "kernel%",
 		"proc ns", "NAPI ns", "core ns", "softirq", "XDP ns", "proc cpu", "NAPI cpu")
 	by := map[string]cpuResult{}

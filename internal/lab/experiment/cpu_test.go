@@ -14,7 +14,7 @@ func TestCPUSummaryMedian(t *testing.T) {
 			cpuResult{Round: i + 1, Case: caseKernel, WindowS: 1, Gets: 100, KernelGets: 100, XDPNsPerHit: xdp},
 			cpuResult{Round: i + 1, Case: caseMemcached, WindowS: 1, Gets: 100, ProcNsPerGet: 8000})
 	}
-	out := cpuSummary(rs, 30000, "dir")
+	out := cpuSummary(rs, 30000, 32, "dir")
 	for _, want := range []string{"round 1:", "round 3:", "median of 3 round(s): 20.00 (rounds: 40.00, 10.00, 20.00"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
