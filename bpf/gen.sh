@@ -9,8 +9,9 @@ export GOPACKAGE=bpf
 go tool bpf2go -cc "$cc" -target bpfel -type entry_hdr -type index_slot -type counter -type counter_set -type allow_key xdpcache c/cache.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel echo c/echo.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel pass c/pass.c -- $cflags
-# The same programs wrapped for BPF_PROG_RUN benchmarks (see c/bench.h); only tests load them.
-go tool bpf2go -cc "$cc" -target bpfel xdpcacheBench c/cache.c -- $cflags -DXDPCACHE_BENCH
-go tool bpf2go -cc "$cc" -target bpfel echoBench c/echo.c -- $cflags -DXDPCACHE_BENCH
-# Probes of the socket-layer hooks (SK_SKB, SK_MSG); only tests load them (see skprobe_test.go).
-go tool bpf2go -cc "$cc" -target bpfel skProbe c/sk_probe.c -- $cflags
+# Objects only tests load, generated into _test.go files so the package itself holds none of them:
+# the programs wrapped for BPF_PROG_RUN benchmarks (c/bench.h), and the probes of the socket-layer
+# hooks (SK_SKB, SK_MSG; skprobe_test.go).
+go tool bpf2go -cc "$cc" -target bpfel -output-suffix _test xdpcacheBench c/cache_bench.c -- $cflags
+go tool bpf2go -cc "$cc" -target bpfel -output-suffix _test echoBench c/echo_bench.c -- $cflags
+go tool bpf2go -cc "$cc" -target bpfel -output-suffix _test skProbe c/sk_probe.c -- $cflags

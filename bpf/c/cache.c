@@ -234,22 +234,3 @@ fail:
 	restore_command_tc(skb, st, &rq);
 	return tc_pass(PASS_INTERNAL);
 }
-
-#ifdef XDPCACHE_BENCH
-#include "bench.h"
-/* bench_head_grown reports, and forgets, how far the last run grew the reply at the head, so
- * that the restore gives the headroom back. */
-static __always_inline int bench_head_grown(void)
-{
-	struct scratch *st = get_scratch();
-	int grown;
-
-	if (!st)
-		return 0;
-	grown = st->bench_head_grown;
-	st->bench_head_grown = 0;
-	return grown;
-}
-
-BENCH_PROGRAM(xdp_cache_bench, handle_xdp, bench_head_grown)
-#endif

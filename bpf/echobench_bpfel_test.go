@@ -187,5 +187,5 @@ func _EchoBenchClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed echobench_bpfel.o
+//go:embed echobench_bpfel_test.o
 var _EchoBenchBytes []byte

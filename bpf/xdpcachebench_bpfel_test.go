@@ -308,5 +308,5 @@ func _XdpcacheBenchClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed xdpcachebench_bpfel.o
+//go:embed xdpcachebench_bpfel_test.o
 var _XdpcacheBenchBytes []byte

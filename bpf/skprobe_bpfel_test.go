@@ -183,5 +183,5 @@ func _SkProbeClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed skprobe_bpfel.o
+//go:embed skprobe_bpfel_test.o
 var _SkProbeBytes []byte
