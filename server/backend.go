@@ -14,11 +14,11 @@ import (
 // Each method is called with the request line still in c.tok (upstream mode forwards it).
 type backend interface {
 	// get runs get, gets, gat and gats for the keys in c.keys.
-	get(c *session, r *getReq)
+	get(c *session, r getReq)
 	// store runs set, add, replace, append, prepend and cas.
-	store(c *session, key []byte, r *storeReq)
+	store(c *session, key []byte, r storeReq)
 	// arith runs incr and decr.
-	arith(c *session, key []byte, r *arithReq)
+	arith(c *session, key []byte, r arithReq)
 	// delete runs delete.
 	delete(c *session, key []byte)
 	// touch runs touch.
@@ -28,10 +28,10 @@ type backend interface {
 
 	// metaGet, metaSet, metaDelete, metaArith and metaDebug run mg, ms, md, ma and me; key is
 	// the decoded key.
-	metaGet(c *session, key []byte, f *metaFlags)
-	metaSet(c *session, key []byte, r *storeReq, f *metaFlags)
-	metaDelete(c *session, key []byte, f *metaFlags)
-	metaArith(c *session, key []byte, r *arithReq, f *metaFlags)
+	metaGet(c *session, key []byte, f metaFlags)
+	metaSet(c *session, key []byte, r storeReq, f metaFlags)
+	metaDelete(c *session, key []byte, f metaFlags)
+	metaArith(c *session, key []byte, r arithReq, f metaFlags)
 	metaDebug(c *session, key []byte, bin bool)
 
 	// maxItemSize is the limit a storage command's key and value are held to before its data
@@ -55,7 +55,7 @@ type getReq struct {
 // (ops.go), and formats the typed results in the request's protocol.
 type localBackend struct{ s *Server }
 
-func (b localBackend) get(c *session, r *getReq) {
+func (b localBackend) get(c *session, r getReq) {
 	s := b.s
 	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch}
 	mark := len(c.out)
@@ -76,13 +76,13 @@ func (b localBackend) get(c *session, r *getReq) {
 	c.out = append(c.out, protocol.End...)
 }
 
-func (b localBackend) store(c *session, key []byte, r *storeReq) {
-	c.replyStore(b.s.storeItem(key, r))
+func (b localBackend) store(c *session, key []byte, r storeReq) {
+	c.replyStore(b.s.storeItem(key, &r))
 }
 
-func (b localBackend) arith(c *session, key []byte, r *arithReq) {
+func (b localBackend) arith(c *session, key []byte, r arithReq) {
 	var buf [20]byte
-	c.replyArith(b.s.arith(key, r, buf[:0]))
+	c.replyArith(b.s.arith(key, &r, buf[:0]))
 }
 
 func (b localBackend) delete(c *session, key []byte) {
@@ -99,22 +99,24 @@ func (b localBackend) flushAll(c *session, delay time.Duration) {
 	c.reply("OK")
 }
 
-func (b localBackend) metaGet(c *session, key []byte, f *metaFlags) {
+func (b localBackend) metaGet(c *session, key []byte, f metaFlags) {
 	b.s.st.cmdGet.Add(1)
-	res := b.s.fetch(key, f.fetchReq())
-	c.replyMetaGet(key, f, &res)
+	req := f.fetchReq()
+	res := b.s.fetch(key, &req)
+	c.replyMetaGet(key, &f, &res)
 }
 
-func (b localBackend) metaSet(c *session, key []byte, r *storeReq, f *metaFlags) {
-	c.replyMetaSet(key, f, b.s.storeItem(key, r))
+func (b localBackend) metaSet(c *session, key []byte, r storeReq, f metaFlags) {
+	c.replyMetaSet(key, &f, b.s.storeItem(key, &r))
 }
 
-func (b localBackend) metaDelete(c *session, key []byte, f *metaFlags) {
-	c.replyMetaDelete(key, f, b.s.deleteItem(key, f.deleteReq()))
+func (b localBackend) metaDelete(c *session, key []byte, f metaFlags) {
+	req := f.deleteReq()
+	c.replyMetaDelete(key, &f, b.s.deleteItem(key, &req))
 }
 
-func (b localBackend) metaArith(c *session, key []byte, r *arithReq, f *metaFlags) {
-	c.replyMetaArith(key, f, b.s.arith(key, r, nil))
+func (b localBackend) metaArith(c *session, key []byte, r arithReq, f metaFlags) {
+	c.replyMetaArith(key, &f, b.s.arith(key, &r, nil))
 }
 
 func (b localBackend) metaDebug(c *session, key []byte, bin bool) {

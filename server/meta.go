@@ -33,8 +33,8 @@ type metaFlags struct {
 }
 
 // fetchReq is mg's retrieval.
-func (f *metaFlags) fetchReq() *fetchReq {
-	return &fetchReq{
+func (f *metaFlags) fetchReq() fetchReq {
+	return fetchReq{
 		touch: f.newTTL, exptime: f.exptime, noUpdate: f.noUpdate,
 		vivify: f.vivify, vivifyExptime: f.autoviv,
 		tokens: true, recache: f.hasRecache, recacheBefore: f.recache, recacheAfterTouch: f.recacheAfterTTL,
@@ -42,8 +42,8 @@ func (f *metaFlags) fetchReq() *fetchReq {
 }
 
 // deleteReq is md's delete.
-func (f *metaFlags) deleteReq() *deleteReq {
-	return &deleteReq{hasCAS: f.hasCAS, cas: f.cas, stale: f.setStale, newTTL: f.newTTL, exptime: f.exptime}
+func (f *metaFlags) deleteReq() deleteReq {
+	return deleteReq{hasCAS: f.hasCAS, cas: f.cas, stale: f.setStale, newTTL: f.newTTL, exptime: f.exptime}
 }
 
 // metaParse parses the flag tokens from index start and decodes a base64 key. It returns the key
@@ -236,9 +236,9 @@ func (c *session) meta(op byte, data []byte) (int, action) {
 	}
 	switch op {
 	case 'g':
-		c.s.be.metaGet(c, key, &f)
+		c.s.be.metaGet(c, key, f)
 	case 'd':
-		c.s.be.metaDelete(c, key, &f)
+		c.s.be.metaDelete(c, key, f)
 	case 'a':
 		c.metaArith(key, &f)
 	}
@@ -403,7 +403,7 @@ func (c *session) metaSet(data []byte) (int, action) {
 		hasCAS: f.hasCAS, cas: f.cas, stale: f.setStale,
 		vivify: f.vivify, vivifyExptime: f.autoviv,
 	}
-	c.s.be.metaSet(c, key, &r, &f)
+	c.s.be.metaSet(c, key, r, f)
 	return n, 0
 }
 
@@ -500,7 +500,7 @@ func (c *session) metaArith(key []byte, f *metaFlags) {
 	if f.hasDelta {
 		r.delta = f.delta
 	}
-	c.s.be.metaArith(c, key, &r, f)
+	c.s.be.metaArith(c, key, r, *f)
 }
 
 // replyMetaArith answers ma: "VA <len>" or HD with the flags asked for, then the number for v;

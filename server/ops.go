@@ -358,7 +358,8 @@ type fetchResult struct {
 // fetch retrieves key.
 func (s *Server) fetch(key []byte, r *fetchReq) fetchResult {
 	k := str(key)
-	if !r.touch && !r.offer && !r.vivify && !r.tokens && !r.noUpdate {
+	offer := r.offer && s.kernel != nil
+	if !r.touch && !offer && !r.vivify && !r.tokens && !r.noUpdate {
 		// A plain read: the store records the fetch itself.
 		it, ok := s.store.Get(k)
 		return fetchResult{item: it, hit: ok}
@@ -399,7 +400,7 @@ func (s *Server) fetch(key []byte, r *fetchReq) fetchResult {
 			cur.Fetched = true
 			cur.LastAccess = res.now
 		}
-		if r.offer && s.kernel != nil {
+		if offer {
 			// Under the key's lock, with the live item: a fill can never install a value older
 			// than the store's.
 			ki := KernelItem{Key: string(key), Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS}

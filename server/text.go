@@ -56,7 +56,7 @@ func (c *session) get(cmd cmdID, withCAS, touch bool) {
 		c.keys = append(c.keys, rest[:end])
 		rest = rest[end:]
 	}
-	c.s.be.get(c, &r)
+	c.s.be.get(c, r)
 }
 
 // appendValue appends one hit's VALUE lines.
@@ -138,7 +138,7 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 		return n, act
 	}
 	r.exptime, r.value = c.s.store.Exptime(int64(rawExp)), value
-	c.s.be.store(c, key, &r)
+	c.s.be.store(c, key, r)
 	return n, 0
 }
 
@@ -181,7 +181,7 @@ func (c *session) arith(cmd cmdID) {
 		c.reply(badDelta)
 		return
 	}
-	c.s.be.arith(c, key, &arithReq{incr: cmd == cmdIncr, delta: delta})
+	c.s.be.arith(c, key, arithReq{incr: cmd == cmdIncr, delta: delta})
 }
 
 // replyArith answers incr or decr.

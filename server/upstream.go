@@ -279,7 +279,7 @@ func statusOf(r []byte, hd statusID) statusID {
 
 // store forwards a storage command (set, add, replace, append, prepend, cas) whose line is in
 // c.tok and whose data is r.value.
-func (u *upstreamBackend) store(c *session, key []byte, sr *storeReq) {
+func (u *upstreamBackend) store(c *session, key []byte, sr storeReq) {
 	s := u.s
 	s.st.cmdSet.Add(1)
 	req := appendTokens(nil, &c.tok, withoutNoreply(&c.tok))
@@ -303,7 +303,7 @@ func (u *upstreamBackend) store(c *session, key []byte, sr *storeReq) {
 }
 
 // arith forwards incr or decr.
-func (u *upstreamBackend) arith(c *session, key []byte, r *arithReq) {
+func (u *upstreamBackend) arith(c *session, key []byte, r arithReq) {
 	hit, miss := &u.s.st.incrHits, &u.s.st.incrMisses
 	if !r.incr {
 		hit, miss = &u.s.st.decrHits, &u.s.st.decrMisses
@@ -390,7 +390,7 @@ type upBatch struct {
 // get runs get, gets, gat and gats in upstream mode. Local hits are answered locally; the
 // other keys are fetched, one pipelined round trip per upstream, all upstreams at once. gat and
 // gats change the upstream item's TTL, so they are writes: every key goes upstream.
-func (u *upstreamBackend) get(c *session, r *getReq) {
+func (u *upstreamBackend) get(c *session, r getReq) {
 	withCAS, touch := r.withCAS, r.touch
 	var touchTok []byte
 	if touch {
@@ -501,7 +501,7 @@ func (u *upstreamBackend) get(c *session, r *getReq) {
 }
 
 // metaDelete forwards md.
-func (u *upstreamBackend) metaDelete(c *session, key []byte, f *metaFlags) {
+func (u *upstreamBackend) metaDelete(c *session, key []byte, f metaFlags) {
 	r, ok := u.write(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
 	if !ok {
 		return
@@ -520,7 +520,7 @@ func (u *upstreamBackend) metaDelete(c *session, key []byte, f *metaFlags) {
 }
 
 // metaArith forwards ma.
-func (u *upstreamBackend) metaArith(c *session, key []byte, _ *arithReq, f *metaFlags) {
+func (u *upstreamBackend) metaArith(c *session, key []byte, _ arithReq, f metaFlags) {
 	r, ok := u.write(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
 	if !ok {
 		return
@@ -534,7 +534,7 @@ func (u *upstreamBackend) metaArith(c *session, key []byte, _ *arithReq, f *meta
 
 // metaGet runs mg in upstream mode: from the local copy when it has the key and the flags ask
 // only what a copy knows, else through the upstream.
-func (u *upstreamBackend) metaGet(c *session, key []byte, f *metaFlags) {
+func (u *upstreamBackend) metaGet(c *session, key []byte, f metaFlags) {
 	s := u.s
 	t := &c.tok
 	forward := f.vivify || f.newTTL || f.hasRecache
@@ -546,8 +546,9 @@ func (u *upstreamBackend) metaGet(c *session, key []byte, f *metaFlags) {
 	}
 	s.st.cmdGet.Add(1)
 	if !forward {
-		if res := s.fetch(key, f.fetchReq()); res.hit {
-			c.replyMetaGet(key, f, &res)
+		req := f.fetchReq()
+		if res := s.fetch(key, &req); res.hit {
+			c.replyMetaGet(key, &f, &res)
 			return
 		}
 		// Not here: the upstream answers, and counts, instead.
@@ -599,7 +600,7 @@ func (u *upstreamBackend) metaGet(c *session, key []byte, f *metaFlags) {
 }
 
 // metaSet forwards ms; key is the decoded key, sr.value the data block.
-func (u *upstreamBackend) metaSet(c *session, key []byte, sr *storeReq, f *metaFlags) {
+func (u *upstreamBackend) metaSet(c *session, key []byte, sr storeReq, f metaFlags) {
 	u.s.st.cmdSet.Add(1)
 	req := appendTokens(nil, &c.tok, withoutQuiet(3))
 	req = append(append(req, sr.value...), "\r\n"...)
