@@ -86,11 +86,11 @@ func (b localBackend) arith(c *session, key []byte, r arithReq) {
 }
 
 func (b localBackend) delete(c *session, key []byte) {
-	c.replyDelete(b.s.deleteItem(key, &deleteReq{}))
+	c.replyFound(b.s.deleteItem(key, &deleteReq{}) == deleteDone, statusDeleted, "DELETED")
 }
 
 func (b localBackend) touch(c *session, key []byte, exptime int64) {
-	c.replyTouch(b.s.touchItem(key, exptime))
+	c.replyFound(b.s.touchItem(key, exptime), statusTouched, "TOUCHED")
 }
 
 func (b localBackend) flushAll(c *session, delay time.Duration) {

@@ -167,6 +167,17 @@ func (c *session) appendOpaqueAndKey(dst, key []byte, bin bool) ([]byte, bool) {
 	return dst, true
 }
 
+// appendMetaHeader starts a reply that found an item: "VA <size>" when the value follows, else
+// "HD".
+func (c *session) appendMetaHeader(value bool, size int) {
+	if !value {
+		c.out = append(c.out, "HD"...)
+		return
+	}
+	c.out = append(c.out, "VA "...)
+	c.out = strconv.AppendInt(c.out, int64(size), 10)
+}
+
 func ttl(exptime, now int64) int64 {
 	if exptime == 0 {
 		return -1
@@ -274,12 +285,7 @@ func (c *session) replyMetaGet(key []byte, f *metaFlags, res *fetchResult) {
 		return
 	}
 	it := &res.item
-	if f.value {
-		c.out = append(c.out, "VA "...)
-		c.out = strconv.AppendInt(c.out, int64(len(it.Value)), 10)
-	} else {
-		c.out = append(c.out, "HD"...)
-	}
+	c.appendMetaHeader(f.value, len(it.Value))
 	exptime := it.Exptime
 	for i := 2; i < t.N; i++ {
 		tok := t.Tok(i)
@@ -530,12 +536,7 @@ func (c *session) replyMetaArith(key []byte, f *metaFlags, res arithResult) {
 		return
 	}
 	t := &c.tok
-	if f.value {
-		c.out = append(c.out, "VA "...)
-		c.out = strconv.AppendInt(c.out, int64(len(res.digits)), 10)
-	} else {
-		c.out = append(c.out, "HD"...)
-	}
+	c.appendMetaHeader(f.value, len(res.digits))
 	for i := 2; i < t.N; i++ {
 		tok := t.Tok(i)
 		switch tok[0] {

@@ -229,15 +229,14 @@ func (c *session) delete() {
 	c.s.be.delete(c, key)
 }
 
-// replyDelete answers delete.
-func (c *session) replyDelete(st deleteStatus) {
-	if st == deleteDone {
-		c.status = statusDeleted
-		c.reply("DELETED")
-		return
+// replyFound answers delete and touch: word with status when the key had an item, else
+// NOT_FOUND.
+func (c *session) replyFound(found bool, status statusID, word string) {
+	if !found {
+		status, word = statusNotFound, "NOT_FOUND"
 	}
-	c.status = statusNotFound
-	c.reply("NOT_FOUND")
+	c.status = status
+	c.reply(word)
 }
 
 // touch parses "touch <key> <exptime> [noreply]".
@@ -258,17 +257,6 @@ func (c *session) touch() {
 	s := c.s
 	s.st.cmdTouch.Add(1)
 	s.be.touch(c, key, s.store.Exptime(int64(raw)))
-}
-
-// replyTouch answers touch.
-func (c *session) replyTouch(found bool) {
-	if found {
-		c.status = statusTouched
-		c.reply("TOUCHED")
-		return
-	}
-	c.status = statusNotFound
-	c.reply("NOT_FOUND")
 }
 
 // flushAll parses "flush_all [delay] [noreply]".

@@ -500,36 +500,36 @@ func (u *upstreamBackend) get(c *session, r getReq) {
 	c.out = append(c.out, protocol.End...)
 }
 
+// forwardMeta forwards a meta write, req, and relays the upstream's reply, unless it is the
+// nominal one (done) and the client asked for quiet mode. false: it failed, and the error reply
+// is set.
+func (u *upstreamBackend) forwardMeta(c *session, key, req []byte, done statusID, noReply bool) bool {
+	r, ok := u.write(c, key, req, true)
+	if !ok {
+		return false
+	}
+	c.status = statusOf(r, done)
+	if !noReply || c.status != done {
+		c.out = append(c.out, r...)
+	}
+	return true
+}
+
 // metaDelete forwards md.
 func (u *upstreamBackend) metaDelete(c *session, key []byte, f metaFlags) {
-	r, ok := u.write(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
-	if !ok {
+	if !u.forwardMeta(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), statusDeleted, f.noReply) {
 		return
 	}
-	c.status = statusOf(r, statusDeleted)
-	switch c.status {
-	case statusDeleted:
+	if c.status == statusDeleted {
 		u.s.st.deleteHits.Add(1)
-	default:
+	} else {
 		u.s.st.deleteMisses.Add(1)
 	}
-	if f.noReply && c.status == statusDeleted {
-		return
-	}
-	c.out = append(c.out, r...)
 }
 
 // metaArith forwards ma.
 func (u *upstreamBackend) metaArith(c *session, key []byte, _ arithReq, f metaFlags) {
-	r, ok := u.write(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
-	if !ok {
-		return
-	}
-	c.status = statusOf(r, statusOK)
-	if f.noReply && c.status == statusOK {
-		return
-	}
-	c.out = append(c.out, r...)
+	u.forwardMeta(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), statusOK, f.noReply)
 }
 
 // metaGet runs mg in upstream mode: from the local copy when it has the key and the flags ask
@@ -604,15 +604,7 @@ func (u *upstreamBackend) metaSet(c *session, key []byte, sr storeReq, f metaFla
 	u.s.st.cmdSet.Add(1)
 	req := appendTokens(nil, &c.tok, withoutQuiet(3))
 	req = append(append(req, sr.value...), "\r\n"...)
-	r, ok := u.write(c, key, req, true)
-	if !ok {
-		return
-	}
-	c.status = statusOf(r, statusStored)
-	if f.noReply && c.status == statusStored {
-		return
-	}
-	c.out = append(c.out, r...)
+	u.forwardMeta(c, key, req, statusStored, f.noReply)
 }
 
 // metaDebug forwards me: the item's metadata is the upstream's.
