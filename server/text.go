@@ -31,8 +31,7 @@ func (c *session) get(cmd cmdID, withCAS, touch bool) {
 	if touch {
 		raw, ok := protocol.ParseInt32(t.Tok(1))
 		if !ok {
-			c.status = statusClientError
-			c.reply(badExptime)
+			c.clientError(badExptime)
 			return
 		}
 		r.exptime = c.s.store.Exptime(int64(raw))
@@ -142,43 +141,35 @@ func (c *session) update(cmd cmdID, data []byte) (int, action) {
 	return n, 0
 }
 
+// storeReplies are the storage commands' replies by outcome.
+var storeReplies = [...]struct {
+	status statusID
+	line   string
+}{
+	storeStored:    {statusStored, "STORED"},
+	storeNotStored: {statusNotStored, "NOT_STORED"},
+	storeExists:    {statusExists, "EXISTS"},
+	storeNotFound:  {statusNotFound, "NOT_FOUND"},
+	storeTooLarge:  {statusServerError, tooLarge},
+	storeNoMemory:  {statusServerError, noMemory},
+}
+
 // replyStore answers a storage command.
 func (c *session) replyStore(res storeResult) {
-	switch res.status {
-	case storeStored:
-		c.status = statusStored
-		c.reply("STORED")
-	case storeNotStored:
-		c.status = statusNotStored
-		c.reply("NOT_STORED")
-	case storeExists:
-		c.status = statusExists
-		c.reply("EXISTS")
-	case storeNotFound:
-		c.status = statusNotFound
-		c.reply("NOT_FOUND")
-	case storeTooLarge:
-		c.status = statusServerError
-		c.reply(tooLarge)
-	default:
-		c.status = statusServerError
-		c.reply(noMemory)
-	}
+	r := storeReplies[res.status]
+	c.status = r.status
+	c.reply(r.line)
 }
 
 // arith parses "incr|decr <key> <delta> [noreply]".
 func (c *session) arith(cmd cmdID) {
-	c.cmd = cmd
-	t := &c.tok
-	c.noreply = t.NoReply()
-	key, ok := c.keyToken()
+	key, ok := c.keyLine(cmd)
 	if !ok {
 		return
 	}
-	delta, ok := protocol.ParseUint64(t.Tok(2))
+	delta, ok := protocol.ParseUint64(c.tok.Tok(2))
 	if !ok {
-		c.status = statusClientError
-		c.reply(badDelta)
+		c.clientError(badDelta)
 		return
 	}
 	c.s.be.arith(c, key, arithReq{incr: cmd == cmdIncr, delta: delta})
@@ -198,8 +189,7 @@ func (c *session) replyArith(res arithResult) {
 		c.status = statusNotFound
 		c.reply("NOT_FOUND")
 	case arithNonNumeric:
-		c.status = statusClientError
-		c.reply(nonNumeric)
+		c.clientError(nonNumeric)
 	case arithExists:
 		c.status = statusExists
 		c.reply("EXISTS")
@@ -217,8 +207,7 @@ func (c *session) delete() {
 		holdZero := string(t.Tok(2)) == "0"
 		c.noreply = t.NoReply()
 		if !((t.N == 3 && (holdZero || c.noreply)) || (t.N == 4 && holdZero && c.noreply)) {
-			c.status = statusClientError
-			c.reply(deleteUsage)
+			c.clientError(deleteUsage)
 			return
 		}
 	}
@@ -241,17 +230,13 @@ func (c *session) replyFound(found bool, status statusID, word string) {
 
 // touch parses "touch <key> <exptime> [noreply]".
 func (c *session) touch() {
-	c.cmd = cmdTouch
-	t := &c.tok
-	c.noreply = t.NoReply()
-	key, ok := c.keyToken()
+	key, ok := c.keyLine(cmdTouch)
 	if !ok {
 		return
 	}
-	raw, ok := protocol.ParseInt32(t.Tok(2))
+	raw, ok := protocol.ParseInt32(c.tok.Tok(2))
 	if !ok {
-		c.status = statusClientError
-		c.reply(badExptime)
+		c.clientError(badExptime)
 		return
 	}
 	s := c.s
@@ -274,8 +259,7 @@ func (c *session) flushAll() {
 	if t.N != want {
 		v, ok := protocol.ParseInt32(t.Tok(1))
 		if !ok {
-			c.status = statusClientError
-			c.reply(badExptime)
+			c.clientError(badExptime)
 			return
 		}
 		raw = v
@@ -295,8 +279,7 @@ func (c *session) verbosity() {
 	c.noreply = t.NoReply()
 	level, ok := protocol.ParseUint32(t.Tok(1))
 	if !ok {
-		c.status = statusClientError
-		c.reply(badFormat)
+		c.clientError(badFormat)
 		return
 	}
 	c.s.verbosity.Store(min(level, 2))
@@ -336,8 +319,7 @@ func (c *session) slabsAutomove() {
 	} else {
 		level, ok := protocol.ParseUint32(t.Tok(2))
 		if !ok {
-			c.status = statusClientError
-			c.reply(badFormat)
+			c.clientError(badFormat)
 			return
 		}
 		if level > 2 {
@@ -359,19 +341,30 @@ func (c *session) slabsReassign() {
 	dst, ok2 := protocol.ParseInt32(t.Tok(3))
 	switch {
 	case !ok1 || !ok2:
-		c.status = statusClientError
-		c.reply(badFormat)
+		c.clientError(badFormat)
 	case src == dst:
-		c.status = statusClientError
-		c.reply("SAME src and dst class are identical")
+		c.clientError("SAME src and dst class are identical")
 	// src -1 asks memcached to pick a class with a spare page; there is none, so it stays -1.
 	case src < 0 || src > slabClasses || dst < 0 || dst > slabClasses:
-		c.status = statusClientError
-		c.reply("BADCLASS invalid src or dst class id")
+		c.clientError("BADCLASS invalid src or dst class id")
 	default:
 		c.status = statusServerError
 		c.reply("NOSPARE source class has no spare pages")
 	}
+}
+
+// clientError answers a malformed request with msg, a CLIENT_ERROR line.
+func (c *session) clientError(msg string) {
+	c.status = statusClientError
+	c.reply(msg)
+}
+
+// keyLine starts a "<cmd> <key> <arg> [noreply]" line: it labels the request, notes noreply
+// and returns the key as keyToken does.
+func (c *session) keyLine(cmd cmdID) ([]byte, bool) {
+	c.cmd = cmd
+	c.noreply = c.tok.NoReply()
+	return c.keyToken()
 }
 
 // keyToken returns token 1 as a key, or false after answering a key over 250 bytes as memcached
@@ -379,8 +372,7 @@ func (c *session) slabsReassign() {
 func (c *session) keyToken() ([]byte, bool) {
 	key := c.tok.Tok(1)
 	if len(key) > protocol.MaxKeyLen {
-		c.status = statusClientError
-		c.reply(badFormat)
+		c.clientError(badFormat)
 		return nil, false
 	}
 	return key, true
