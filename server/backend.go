@@ -59,6 +59,7 @@ func (b localBackend) get(c *session, r getReq) {
 	s := b.s
 	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch}
 	mark := len(c.out)
+	var res fetchResult
 	for _, key := range c.keys {
 		// memcached answers the keys before a bad one, then replaces all with the error.
 		if len(key) > protocol.MaxKeyLen {
@@ -67,7 +68,7 @@ func (b localBackend) get(c *session, r getReq) {
 			c.reply(badFormat)
 			return
 		}
-		res := s.fetch(key, &req)
+		s.fetch(key, &req, &res)
 		if res.hit {
 			c.appendValue(key, &res.item, r.withCAS)
 		}
@@ -102,7 +103,8 @@ func (b localBackend) flushAll(c *session, delay time.Duration) {
 func (b localBackend) metaGet(c *session, key []byte, f metaFlags) {
 	b.s.st.cmdGet.Add(1)
 	req := f.fetchReq()
-	res := b.s.fetch(key, &req)
+	var res fetchResult
+	b.s.fetch(key, &req, &res)
 	c.replyMetaGet(key, &f, &res)
 }
 

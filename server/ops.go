@@ -355,19 +355,19 @@ type fetchResult struct {
 	err          error
 }
 
-// fetch retrieves key.
-func (s *Server) fetch(key []byte, r *fetchReq) fetchResult {
+// fetch retrieves key into res (a pointer, to spare the hot path copies of the item).
+func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 	k := str(key)
 	offer := r.offer && s.kernel != nil
 	if !r.touch && !offer && !r.vivify && !r.tokens && !r.noUpdate {
 		// A plain read: the store records the fetch itself.
-		it, ok := s.store.Get(k)
-		return fetchResult{item: it, hit: ok}
+		res.item, res.hit = s.store.Get(k)
+		return
 	}
 	if r.vivify {
 		k = string(key) // may be stored
 	}
-	var res fetchResult
+	*res = fetchResult{}
 	cas, err := s.store.Do(k, func(cur *cache.Item) (*cache.Item, cache.Op) {
 		res.now = s.store.Now().Unix()
 		if cur == nil {
@@ -417,7 +417,6 @@ func (s *Server) fetch(key []byte, r *fetchReq) fetchResult {
 		res.item.CAS = cas
 	}
 	res.err = err
-	return res
 }
 
 // peek reads key's item without recording a fetch.

@@ -408,11 +408,12 @@ func (u *upstreamBackend) get(c *session, r getReq) {
 	mark := len(c.out)
 	var batches []*upBatch
 	local := fetchReq{offer: c.udp}
+	var res fetchResult
 	for i := range keys {
 		k := &keys[i]
 		if !touch {
 			k.start = len(c.out)
-			if res := u.s.fetch(k.key, &local); res.hit {
+			if u.s.fetch(k.key, &local, &res); res.hit {
 				k.hit = true
 				c.appendValue(k.key, &res.item, withCAS)
 			}
@@ -547,7 +548,8 @@ func (u *upstreamBackend) metaGet(c *session, key []byte, f metaFlags) {
 	s.st.cmdGet.Add(1)
 	if !forward {
 		req := f.fetchReq()
-		if res := s.fetch(key, &req); res.hit {
+		var res fetchResult
+		if s.fetch(key, &req, &res); res.hit {
 			c.replyMetaGet(key, &f, &res)
 			return
 		}
