@@ -61,11 +61,11 @@ func (b localBackend) get(c *session, r getReq) {
 	mark := len(c.out)
 	var res fetchResult
 	for _, key := range c.keys {
-		// memcached answers the keys before a bad one, then replaces all with the error.
+		// memcached looks up (and counts) the keys before a bad one, then answers with the
+		// error alone.
 		if len(key) > protocol.MaxKeyLen {
 			c.out = c.out[:mark]
-			c.status = statusClientError
-			c.reply(badFormat)
+			c.clientError(badFormat)
 			return
 		}
 		s.fetch(key, &req, &res)

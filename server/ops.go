@@ -355,13 +355,14 @@ type fetchResult struct {
 	err          error
 }
 
-// fetch retrieves key into res (a pointer, to spare the hot path copies of the item).
+// fetch retrieves key into res.
 func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 	k := str(key)
 	offer := r.offer && s.kernel != nil
 	if !r.touch && !offer && !r.vivify && !r.tokens && !r.noUpdate {
 		// A plain read: the store records the fetch itself.
-		res.item, res.hit = s.store.Get(k)
+		it, ok := s.store.Get(k)
+		*res = fetchResult{item: it, hit: ok}
 		return
 	}
 	if r.vivify {

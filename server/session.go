@@ -77,6 +77,9 @@ func (s *Server) putSession(c *session) {
 	if cap(c.out) > 1<<20 {
 		c.out = make([]byte, 0, 4096)
 	}
+	// The keys point into the connection's read buffer: let it go.
+	clear(c.keys)
+	c.keys = c.keys[:0]
 	s.sessions.Put(c)
 }
 
