@@ -12,6 +12,8 @@ import (
 // servers and keeps a near copy of what they hold.
 //
 // Each method is called with the request line still in c.tok (upstream mode forwards it).
+// Requests are passed by value: through an interface, a pointer would move them to the heap on
+// every request.
 type backend interface {
 	// get runs get, gets, gat and gats for the keys in c.keys.
 	get(c *session, r getReq)
