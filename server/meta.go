@@ -2,9 +2,7 @@ package server
 
 import (
 	"encoding/base64"
-	"errors"
 	"strconv"
-	"time"
 
 	"github.com/xdpcache/xdpcache/cache"
 	"github.com/xdpcache/xdpcache/internal/protocol"
@@ -24,10 +22,28 @@ const (
 // metaFlags are a meta request's flags, parsed the way memcached's _meta_flag_preparse does.
 type metaFlags struct {
 	binKey, value, noReply, noUpdate, vivify, setStale, newTTL, hasCAS, hasRecache bool
-	exptime, autoviv, recache                                                      int64
-	clientFlags                                                                    uint32
-	cas, initial, delta                                                            uint64
-	mode                                                                           byte
+	// recacheAfterTTL: R came after T, so R compares the new expiry (memcached applies the
+	// flags in request order).
+	recacheAfterTTL           bool
+	hasDelta                  bool
+	exptime, autoviv, recache int64
+	clientFlags               uint32
+	cas, initial, delta       uint64
+	mode                      byte
+}
+
+// fetchReq is mg's retrieval.
+func (f *metaFlags) fetchReq() fetchReq {
+	return fetchReq{
+		touch: f.newTTL, exptime: f.exptime, noUpdate: f.noUpdate,
+		vivify: f.vivify, vivifyExptime: f.autoviv,
+		tokens: true, recache: f.hasRecache, recacheBefore: f.recache, recacheAfterTouch: f.recacheAfterTTL,
+	}
+}
+
+// deleteReq is md's delete.
+func (f *metaFlags) deleteReq() deleteReq {
+	return deleteReq{hasCAS: f.hasCAS, cas: f.cas, stale: f.setStale, newTTL: f.newTTL, exptime: f.exptime}
 }
 
 // metaParse parses the flag tokens from index start and decodes a base64 key. It returns the key
@@ -71,7 +87,7 @@ func (c *session) metaParse(start int, f *metaFlags) ([]byte, string) {
 			case 'T':
 				f.newTTL, f.exptime = true, exp
 			default:
-				f.hasRecache, f.recache = true, exp
+				f.hasRecache, f.recache, f.recacheAfterTTL = true, exp, f.newTTL
 			}
 		case 'O', 'P', 'L', 'k', 's', 't', 'c', 'f', 'l', 'h':
 		case 'v':
@@ -110,7 +126,7 @@ func (c *session) metaParse(start int, f *metaFlags) ([]byte, string) {
 			if !ok {
 				errstr, hasErr = "CLIENT_ERROR invalid numeric delta value", true
 			}
-			f.delta = v
+			f.hasDelta, f.delta = true, v
 		case 'I':
 			f.setStale = true
 		default:
@@ -149,6 +165,17 @@ func (c *session) appendOpaqueAndKey(dst, key []byte, bin bool) ([]byte, bool) {
 		}
 	}
 	return dst, true
+}
+
+// appendMetaHeader starts a reply that found an item: "VA <size>" when the value follows, else
+// "HD".
+func (c *session) appendMetaHeader(value bool, size int) {
+	if !value {
+		c.out = append(c.out, "HD"...)
+		return
+	}
+	c.out = append(c.out, "VA "...)
+	c.out = strconv.AppendInt(c.out, int64(size), 10)
 }
 
 func ttl(exptime, now int64) int64 {
@@ -218,196 +245,125 @@ func (c *session) meta(op byte, data []byte) (int, action) {
 		c.replyErr(errstr)
 		return 0, 0
 	}
-	if c.s.up != nil {
-		c.upMeta(op, key, &f)
-		return 0, 0
-	}
 	switch op {
 	case 'g':
-		c.metaGet(key, &f)
+		c.s.be.metaGet(c, key, f)
 	case 'd':
-		c.metaDelete(key, &f)
+		c.s.be.metaDelete(c, key, f)
 	case 'a':
 		c.metaArith(key, &f)
 	}
 	return 0, 0
 }
 
-// metaGet runs "mg <key> <flag>*".
-func (c *session) metaGet(key []byte, f *metaFlags) {
+// replyMetaGet answers mg: for a hit, or an item the request created, "VA <size>" or "HD" with
+// the flags the request asked for in its order, then the win flags; for a miss, "EN".
+func (c *session) replyMetaGet(key []byte, f *metaFlags, res *fetchResult) {
 	s := c.s
 	t := &c.tok
-	s.st.cmdGet.Add(1)
 	mark := len(c.out)
-	hit, created, tooLong := false, false, false
-	k := str(key)
-	if f.vivify {
-		k = string(key) // may be stored
-	}
-	cas, err := s.store.Do(k, func(cur *cache.Item) (*cache.Item, cache.Op) {
-		now := s.store.Now().Unix()
-		if cur == nil {
-			if !f.vivify {
-				return nil, cache.Keep
-			}
-			created = true
-			return &cache.Item{Value: []byte{}, Exptime: f.autoviv, WinIssued: true}, cache.Replace
-		}
-		hit = true
-		op := cache.Keep
-		fetched, lastAccess := cur.Fetched, cur.LastAccess
-		won := false
-		if f.value {
-			c.out = append(c.out, "VA "...)
-			c.out = strconv.AppendInt(c.out, int64(len(cur.Value)), 10)
-		} else {
-			c.out = append(c.out, "HD"...)
-		}
-		for i := 2; i < t.N; i++ {
-			tok := t.Tok(i)
-			switch tok[0] {
-			case 'T':
-				cur.Exptime = f.exptime
-				op = cache.Modify
-			case 'R':
-				if !cur.WinIssued && cur.Exptime != 0 && cur.Exptime < f.recache {
-					won = true
-				}
-			case 's':
-				c.out = append(c.out, " s"...)
-				c.out = strconv.AppendInt(c.out, int64(len(cur.Value)), 10)
-			case 't':
-				c.out = append(c.out, " t"...)
-				c.out = strconv.AppendInt(c.out, ttl(cur.Exptime, now), 10)
-			case 'c':
-				c.out = append(c.out, " c"...)
-				c.out = strconv.AppendUint(c.out, cur.CAS, 10)
-			case 'f':
-				c.out = append(c.out, " f"...)
-				c.out = strconv.AppendUint(c.out, uint64(cur.Flags), 10)
-			case 'l':
-				c.out = append(c.out, " l"...)
-				c.out = strconv.AppendInt(c.out, now-lastAccess, 10)
-			case 'h':
-				if fetched {
-					c.out = append(c.out, " h1"...)
-				} else {
-					c.out = append(c.out, " h0"...)
-				}
-			case 'O':
-				if len(tok) > metaMaxOpaque {
-					tooLong = true
-				}
-				c.out = append(append(c.out, ' '), tok...)
-			case 'k':
-				c.out = appendMetaKey(c.out, key, f.binKey)
-			}
-		}
-		if cur.WinIssued {
-			c.out = append(c.out, " Z"...)
-		}
-		if cur.Stale {
-			c.out = append(c.out, " X"...)
-			if !cur.WinIssued {
-				won = true
-			}
-		}
-		if won {
-			c.out = append(c.out, " W"...)
-			cur.WinIssued = true
-			// mg replies show the token from now on (Z): the kernel copy must not answer mg.
-			op = cache.Modify
-		}
-		c.out = append(c.out, "\r\n"...)
-		if f.value {
-			c.out = append(append(c.out, cur.Value...), "\r\n"...)
-		}
-		if !f.noUpdate {
-			cur.Fetched = true
-			cur.LastAccess = now
-		}
-		if op == cache.Keep && c.udp && s.kernel != nil && !f.binKey {
-			// A UDP hit fills the kernel cache as get's do (readKey), under the key's lock.
-			ki := KernelItem{Key: string(key), Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
-				MetaState: cur.Stale || cur.WinIssued}
-			if cur.Exptime != 0 {
-				ki.Expires = time.Unix(cur.Exptime, 0)
-			}
-			if err := s.kernel.Offer(ki); err != nil {
-				s.st.kernelErrors.Add(1)
-			}
-		}
-		return nil, op
-	})
 	switch {
-	case tooLong:
-		c.out = c.out[:mark]
-		c.status = statusClientError
-		c.replyErr("CLIENT_ERROR opaque token too long")
-		return
-	case err != nil:
+	case res.err != nil:
 		c.status = statusServerError
 		c.replyErr(noMemory)
 		return
-	case hit:
-		s.st.getHits.Add(1)
-		c.status = statusHit
-		return
-	case created:
-		// A miss that vivified an empty item: this client won the right to fill it.
+	case !res.hit && !res.created:
 		s.st.getMisses.Add(1)
 		c.status = statusMiss
-		if f.value {
-			c.out = append(c.out, "VA 0"...)
-		} else {
-			c.out = append(c.out, "HD"...)
+		line, ok := c.appendOpaqueAndKey(append(c.out, "EN"...), key, f.binKey)
+		if !ok {
+			c.out = c.out[:mark]
+			c.replyErr("CLIENT_ERROR opaque token too long")
+			return
 		}
-		for i := 2; i < t.N; i++ {
-			tok := t.Tok(i)
-			switch tok[0] {
-			case 's':
-				c.out = append(c.out, " s0"...)
-			case 't':
-				c.out = append(c.out, " t"...)
-				c.out = strconv.AppendInt(c.out, ttl(f.autoviv, s.store.Now().Unix()), 10)
-			case 'c':
-				c.out = append(c.out, " c"...)
-				c.out = strconv.AppendUint(c.out, cas, 10)
-			case 'f':
-				c.out = append(c.out, " f0"...)
-			case 'l':
-				c.out = append(c.out, " l0"...)
-			case 'h':
-				c.out = append(c.out, " h0"...)
-			case 'O':
-				c.out = append(append(c.out, ' '), tok...)
-			case 'k':
-				c.out = appendMetaKey(c.out, key, f.binKey)
+		if f.noReply {
+			// Quiet mode elides the miss.
+			c.out = c.out[:mark]
+			return
+		}
+		c.out = append(line, "\r\n"...)
+		return
+	}
+	it := &res.item
+	c.appendMetaHeader(f.value, len(it.Value))
+	exptime := it.Exptime
+	for i := 2; i < t.N; i++ {
+		tok := t.Tok(i)
+		switch tok[0] {
+		case 'T':
+			// t after T reports the new expiry.
+			if res.hit {
+				exptime = f.exptime
 			}
+		case 's':
+			c.out = append(c.out, " s"...)
+			c.out = strconv.AppendInt(c.out, int64(len(it.Value)), 10)
+		case 't':
+			c.out = append(c.out, " t"...)
+			c.out = strconv.AppendInt(c.out, ttl(exptime, res.now), 10)
+		case 'c':
+			c.out = append(c.out, " c"...)
+			c.out = strconv.AppendUint(c.out, it.CAS, 10)
+		case 'f':
+			c.out = append(c.out, " f"...)
+			c.out = strconv.AppendUint(c.out, uint64(it.Flags), 10)
+		case 'l':
+			c.out = append(c.out, " l"...)
+			c.out = strconv.AppendInt(c.out, res.now-it.LastAccess, 10)
+		case 'h':
+			if it.Fetched {
+				c.out = append(c.out, " h1"...)
+			} else {
+				c.out = append(c.out, " h0"...)
+			}
+		case 'O':
+			if len(tok) > metaMaxOpaque {
+				c.out = c.out[:mark]
+				c.status = statusClientError
+				c.replyErr("CLIENT_ERROR opaque token too long")
+				return
+			}
+			c.out = append(append(c.out, ' '), tok...)
+		case 'k':
+			c.out = appendMetaKey(c.out, key, f.binKey)
 		}
-		c.out = append(c.out, " W\r\n"...)
-		if f.value {
-			c.out = append(c.out, "\r\n"...)
-		}
-		return
 	}
-	s.st.getMisses.Add(1)
-	c.status = statusMiss
-	line, ok := c.appendOpaqueAndKey(append(c.out, "EN"...), key, f.binKey)
-	if !ok {
-		c.out = c.out[:mark]
-		c.replyErr("CLIENT_ERROR opaque token too long")
-		return
+	if it.WinIssued {
+		c.out = append(c.out, " Z"...)
 	}
-	if f.noReply {
-		// Quiet mode elides the miss.
-		c.out = c.out[:mark]
-		return
+	if it.Stale {
+		c.out = append(c.out, " X"...)
 	}
-	c.out = append(line, "\r\n"...)
+	if res.won {
+		c.out = append(c.out, " W"...)
+	}
+	c.out = append(c.out, "\r\n"...)
+	if f.value {
+		c.out = append(append(c.out, it.Value...), "\r\n"...)
+	}
+	if res.hit {
+		s.st.getHits.Add(1)
+		c.status = statusHit
+	} else {
+		// A miss that created an empty item: this client won the right to fill it.
+		s.st.getMisses.Add(1)
+		c.status = statusMiss
+	}
 }
 
-// metaSet runs "ms <key> <datalen> <flag>*" followed by a data block.
+// metaModes are ms's M tokens.
+var metaModes = [256]struct {
+	mode storeMode
+	ok   bool
+}{
+	0: {modeSet, true}, 'S': {modeSet, true}, 's': {modeSet, true},
+	'E': {modeAdd, true}, 'e': {modeAdd, true},
+	'A': {modeAppend, true}, 'a': {modeAppend, true},
+	'P': {modePrepend, true}, 'p': {modePrepend, true},
+	'R': {modeReplace, true}, 'r': {modeReplace, true},
+}
+
+// metaSet parses "ms <key> <datalen> <flag>*" followed by a data block.
 func (c *session) metaSet(data []byte) (int, action) {
 	c.cmd = cmdMs
 	t := &c.tok
@@ -436,18 +392,8 @@ func (c *session) metaSet(data []byte) (int, action) {
 	if errstr != "" {
 		return reject(statusClientError, errstr)
 	}
-	cmd := cmdSet
-	switch f.mode {
-	case 0, 'S', 's':
-	case 'E', 'e':
-		cmd = cmdAdd
-	case 'A', 'a':
-		cmd = cmdAppend
-	case 'P', 'p':
-		cmd = cmdPrepend
-	case 'R', 'r':
-		cmd = cmdReplace
-	default:
+	m := metaModes[f.mode]
+	if !m.ok {
 		return reject(statusClientError, "CLIENT_ERROR invalid mode for ms M token")
 	}
 	if _, ok := c.appendOpaqueAndKey(nil, key, f.binKey); !ok {
@@ -457,94 +403,41 @@ func (c *session) metaSet(data []byte) (int, action) {
 	if !ok {
 		return n, act
 	}
-	s := c.s
-	if s.up != nil {
-		c.upMetaSet(key, value, &f)
-		return n, 0
+	// With a CAS, set and replace work as cas, as in memcached.
+	r := storeReq{
+		mode: m.mode, flags: f.clientFlags, exptime: f.exptime, value: value,
+		hasCAS: f.hasCAS, cas: f.cas, stale: f.setStale,
+		vivify: f.vivify, vivifyExptime: f.autoviv,
 	}
-	s.st.cmdSet.Add(1)
-	code := "HD"
-	cas, err := s.store.Do(string(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
-		next := &cache.Item{Value: value, Flags: f.clientFlags, Exptime: f.exptime}
-		switch cmd {
-		case cmdAdd:
-			if cur != nil {
-				code = "NS"
-				return nil, cache.Keep
-			}
-		case cmdReplace, cmdSet:
-			if f.hasCAS {
-				if cur == nil {
-					s.st.casMisses.Add(1)
-					code = "NF"
-					return nil, cache.Keep
-				}
-				if cur.CAS != f.cas {
-					if !f.setStale || f.cas >= cur.CAS {
-						s.st.casBadval.Add(1)
-						code = "EX"
-						return nil, cache.Keep
-					}
-					// An older CAS with I: store, but marked stale, keeping the TTL.
-					next.Stale, next.Exptime, next.WinIssued = true, cur.Exptime, cur.WinIssued
-				}
-				s.st.casHits.Add(1)
-			} else if cmd == cmdReplace && cur == nil {
-				code = "NS"
-				return nil, cache.Keep
-			}
-		case cmdAppend, cmdPrepend:
-			if cur == nil {
-				if f.vivify {
-					next.Exptime = f.autoviv
-					break
-				}
-				code = "NS"
-				return nil, cache.Keep
-			}
-			if f.hasCAS && cur.CAS != f.cas {
-				code = "EX"
-				return nil, cache.Keep
-			}
-			if int64(len(key)+len(cur.Value)+len(value))+cache.ItemOverhead > s.cfg.MaxItemSize {
-				code = "NS"
-				return nil, cache.Keep
-			}
-			joined := make([]byte, 0, len(cur.Value)+len(value))
-			if cmd == cmdAppend {
-				joined = append(append(joined, cur.Value...), value...)
-			} else {
-				joined = append(append(joined, value...), cur.Value...)
-			}
-			next.Value, next.Flags, next.Exptime = joined, cur.Flags, cur.Exptime
-			return next, cache.Replace
-		}
-		next.Value = append([]byte(nil), value...)
-		return next, cache.Replace
-	})
-	switch {
-	case errors.Is(err, cache.ErrTooLarge):
+	c.s.be.metaSet(c, key, r, f)
+	return n, 0
+}
+
+// replyMetaSet answers ms: HD (with the new CAS for c), NS, EX or NF, then O and k.
+func (c *session) replyMetaSet(key []byte, f *metaFlags, res storeResult) {
+	var code string
+	switch res.status {
+	case storeStored:
+		code, c.status = "HD", statusStored
+	case storeNotStored:
+		code, c.status = "NS", statusNotStored
+	case storeExists:
+		code, c.status = "EX", statusExists
+	case storeNotFound:
+		code, c.status = "NF", statusNotFound
+	case storeTooLarge:
 		c.status = statusServerError
 		c.replyErr(tooLarge)
-		return n, 0
-	case err != nil:
+		return
+	default:
 		c.status = statusServerError
 		c.replyErr(noMemory)
-		return n, 0
+		return
 	}
-	switch code {
-	case "HD":
-		c.status = statusStored
-	case "NS":
-		c.status = statusNotStored
-	case "EX":
-		c.status = statusExists
-	default:
-		c.status = statusNotFound
+	if res.status == storeStored && f.noReply {
+		return
 	}
-	if code == "HD" && f.noReply {
-		return n, 0
-	}
+	t := &c.tok
 	c.out = append(c.out, code...)
 	for i := 3; i < t.N; i++ {
 		tok := t.Tok(i)
@@ -554,54 +447,35 @@ func (c *session) metaSet(data []byte) (int, action) {
 		case 'k':
 			c.out = appendMetaKey(c.out, key, f.binKey)
 		case 'c':
-			if code == "HD" {
+			if res.status == storeStored {
 				c.out = append(c.out, " c"...)
-				c.out = strconv.AppendUint(c.out, cas, 10)
+				c.out = strconv.AppendUint(c.out, res.cas, 10)
 			}
 		}
 	}
 	c.out = append(c.out, "\r\n"...)
-	return n, 0
 }
 
-// metaDelete runs "md <key> <flag>*".
-func (c *session) metaDelete(key []byte, f *metaFlags) {
-	s := c.s
+// replyMetaDelete answers md: HD, NF or EX, then O and k.
+func (c *session) replyMetaDelete(key []byte, f *metaFlags, st deleteStatus) {
 	code := "NF"
-	_, _ = s.store.Do(str(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
-		if cur == nil {
-			return nil, cache.Keep
-		}
-		if f.hasCAS && cur.CAS != f.cas {
-			code = "EX"
-			return nil, cache.Keep
-		}
-		code = "HD"
-		if f.setStale {
-			// Invalidate: keep the value, marked stale, with a new CAS so the next client wins
-			// the right to recache it.
-			next := &cache.Item{Value: cur.Value, Flags: cur.Flags, Exptime: cur.Exptime, Stale: true}
-			if f.newTTL {
-				next.Exptime = f.exptime
-			}
-			return next, cache.Replace
-		}
-		return nil, cache.Delete
-	})
-	switch code {
-	case "HD":
-		s.st.deleteHits.Add(1)
+	switch st {
+	case deleteDone:
 		c.status = statusDeleted
 		if f.noReply {
 			return
 		}
-	case "EX":
-		s.st.deleteMisses.Add(1)
-		c.status = statusExists
+		code = "HD"
+	case deleteExists:
+		code, c.status = "EX", statusExists
 	default:
-		s.st.deleteMisses.Add(1)
 		c.status = statusNotFound
 	}
+	c.replyMetaCode(code, key, f)
+}
+
+// replyMetaCode answers with code and the request's O and k flags.
+func (c *session) replyMetaCode(code string, key []byte, f *metaFlags) {
 	mark := len(c.out)
 	out, ok := c.appendOpaqueAndKey(append(c.out, code...), key, f.binKey)
 	if !ok {
@@ -612,127 +486,66 @@ func (c *session) metaDelete(key []byte, f *metaFlags) {
 	c.out = append(out, "\r\n"...)
 }
 
-// metaArith runs "ma <key> <flag>*": incr (default) or decr by D (default 1), creating the item
+// metaArith parses "ma <key> <flag>*": incr (default) or decr by D (default 1), creating the item
 // with J on a miss if N is given.
 func (c *session) metaArith(key []byte, f *metaFlags) {
-	s := c.s
-	t := &c.tok
-	incr := true
+	r := arithReq{
+		incr: true, delta: 1, hasCAS: f.hasCAS, cas: f.cas,
+		vivify: f.vivify, initial: f.initial, vivifyExptime: f.autoviv,
+		newTTL: f.newTTL, exptime: f.exptime,
+	}
 	switch f.mode {
 	case 0, 'I', 'i', '+':
 	case 'D', 'd', '-':
-		incr = false
+		r.incr = false
 	default:
 		c.status = statusClientError
 		c.replyErr("CLIENT_ERROR invalid mode for ma M token")
 		return
 	}
-	delta := uint64(1)
-	for i := 2; i < t.N; i++ {
-		if t.Tok(i)[0] == 'D' {
-			delta = f.delta
-		}
+	if f.hasDelta {
+		r.delta = f.delta
 	}
-	st := deltaNotFound
-	created := false
-	var digits []byte
-	var res cache.Item
-	cas, err := s.store.Do(string(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
-		if cur == nil {
-			if !f.vivify {
-				return nil, cache.Keep
-			}
-			created, st = true, deltaOK
-			digits = strconv.AppendUint(nil, f.initial, 10)
-			res = cache.Item{Value: digits, Exptime: f.autoviv}
-			return &res, cache.Replace
-		}
-		if f.hasCAS && cur.CAS != f.cas {
-			st = deltaBadCAS
-			return nil, cache.Keep
-		}
-		v, ok := protocol.ParseUint64(cur.Value)
-		if len(cur.Value) == 0 || !ok {
-			st = deltaNonNumeric
-			return nil, cache.Keep
-		}
-		switch {
-		case incr:
-			v += delta
-		case delta > v:
-			v = 0
-		default:
-			v -= delta
-		}
-		digits = strconv.AppendUint(nil, v, 10)
-		nv := make([]byte, max(len(digits), len(cur.Value)))
-		for i := copy(nv, digits); i < len(nv); i++ {
-			nv[i] = ' '
-		}
-		st = deltaOK
-		res = cache.Item{Value: nv, Flags: cur.Flags, Exptime: cur.Exptime}
-		if f.newTTL {
-			res.Exptime = f.exptime
-		}
-		return &res, cache.Replace
-	})
-	if err != nil {
-		st = deltaNoMemory
-	}
-	switch st {
-	case deltaNonNumeric:
+	c.s.be.metaArith(c, key, r, *f)
+}
+
+// replyMetaArith answers ma: "VA <len>" or HD with the flags asked for, then the number for v;
+// NF or EX with O and k.
+func (c *session) replyMetaArith(key []byte, f *metaFlags, res arithResult) {
+	switch res.status {
+	case arithNonNumeric:
 		c.status = statusClientError
 		c.replyErr(nonNumeric)
 		return
-	case deltaNoMemory:
+	case arithNoMemory:
 		c.status = statusServerError
-		c.replyErr("SERVER_ERROR out of memory")
+		c.replyErr(arithNoMem)
 		return
-	case deltaNotFound, deltaBadCAS:
-		code := "NF"
+	case arithNotFound:
 		c.status = statusNotFound
-		if st == deltaBadCAS {
-			code, c.status = "EX", statusExists
-		} else if incr {
-			s.st.incrMisses.Add(1)
-		} else {
-			s.st.decrMisses.Add(1)
-		}
-		mark := len(c.out)
-		out, ok := c.appendOpaqueAndKey(append(c.out, code...), key, f.binKey)
-		if !ok {
-			c.out = c.out[:mark]
-			c.replyErr("CLIENT_ERROR opaque token too long")
-			return
-		}
-		c.out = append(out, "\r\n"...)
+		c.replyMetaCode("NF", key, f)
 		return
-	}
-	if incr {
-		s.st.incrHits.Add(1)
-	} else {
-		s.st.decrHits.Add(1)
+	case arithExists:
+		c.status = statusExists
+		c.replyMetaCode("EX", key, f)
+		return
 	}
 	c.status = statusOK
 	// A nominal reply is elided in quiet mode, but not the one that created the item.
-	if f.noReply && !created {
+	if f.noReply && !res.created {
 		return
 	}
-	if f.value {
-		c.out = append(c.out, "VA "...)
-		c.out = strconv.AppendInt(c.out, int64(len(digits)), 10)
-	} else {
-		c.out = append(c.out, "HD"...)
-	}
+	t := &c.tok
+	c.appendMetaHeader(f.value, len(res.digits))
 	for i := 2; i < t.N; i++ {
 		tok := t.Tok(i)
 		switch tok[0] {
 		case 'c':
 			c.out = append(c.out, " c"...)
-			c.out = strconv.AppendUint(c.out, cas, 10)
+			c.out = strconv.AppendUint(c.out, res.cas, 10)
 		case 't':
 			c.out = append(c.out, " t"...)
-			c.out = strconv.AppendInt(c.out, ttl(res.Exptime, s.store.Now().Unix()), 10)
+			c.out = strconv.AppendInt(c.out, ttl(res.exptime, c.s.store.Now().Unix()), 10)
 		case 'O':
 			c.out = append(append(c.out, ' '), tok...)
 		case 'k':
@@ -741,7 +554,7 @@ func (c *session) metaArith(key []byte, f *metaFlags) {
 	}
 	c.out = append(c.out, "\r\n"...)
 	if f.value {
-		c.out = append(append(c.out, digits...), "\r\n"...)
+		c.out = append(append(c.out, res.digits...), "\r\n"...)
 	}
 }
 
@@ -768,19 +581,17 @@ func (c *session) metaDebug() {
 		}
 		key = buf[:m]
 	}
-	s := c.s
-	if s.up != nil {
-		c.upMetaDebug(key)
-		return
-	}
-	it, ok := c.peek(str(key))
+	c.s.be.metaDebug(c, key, bin)
+}
+
+// replyMetaDebug answers me for the item it (found: ok) at now.
+func (c *session) replyMetaDebug(key []byte, bin bool, it *cache.Item, ok bool, now int64) {
 	if !ok {
 		c.status = statusMiss
 		c.reply("EN")
 		return
 	}
 	c.status = statusHit
-	now := s.store.Now().Unix()
 	c.out = append(c.out, "ME "...)
 	if bin {
 		c.out = base64.StdEncoding.AppendEncode(c.out, key)
@@ -801,17 +612,4 @@ func (c *session) metaDebug() {
 	c.out = append(c.out, " cls=1 size="...)
 	c.out = strconv.AppendInt(c.out, int64(len(key)+len(it.Value))+cache.ItemOverhead, 10)
 	c.out = append(c.out, "\r\n"...)
-}
-
-// peek reads an item without recording a fetch.
-func (c *session) peek(key string) (cache.Item, bool) {
-	var it cache.Item
-	found := false
-	_, _ = c.s.store.Do(key, func(cur *cache.Item) (*cache.Item, cache.Op) {
-		if cur != nil {
-			it, found = *cur, true
-		}
-		return nil, cache.Keep
-	})
-	return it, found
 }

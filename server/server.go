@@ -109,10 +109,11 @@ type Config struct {
 
 // Server is a memcached-compatible server over one cache.Store.
 type Server struct {
-	cfg     Config
-	store   *cache.Store
-	kernel  KernelCache
-	up      *upstreamState // nil unless fronting upstreams
+	cfg    Config
+	store  *cache.Store
+	kernel KernelCache
+	// be carries out requests: localBackend, or upstreamBackend when fronting upstreams.
+	be      backend
 	guard   *guard
 	st      counters
 	metrics *metrics
@@ -192,12 +193,13 @@ func New(cfg Config) (*Server, error) {
 		MaxItemSize: cfg.MaxItemSize,
 		Hook:        hook,
 	})
+	s.be = localBackend{s}
 	if len(cfg.Upstreams) > 0 {
-		up, err := newUpstreamState(s, cfg)
+		up, err := newUpstreamBackend(s, cfg)
 		if err != nil {
 			return nil, err
 		}
-		s.up = up
+		s.be = up
 		if cfg.Registry != nil {
 			if err := up.cluster.Register(cfg.Registry); err != nil {
 				return nil, err
@@ -285,11 +287,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		errs = append(errs, ctx.Err())
 	}
-	if s.up != nil {
-		// After the connections: none is waiting on an upstream any more.
-		if err := s.up.cluster.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close upstreams: %w", err))
-		}
+	// After the connections: none is waiting on an upstream any more.
+	if err := s.be.close(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

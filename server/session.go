@@ -51,6 +51,8 @@ type session struct {
 	status statusID
 	// keyBuf holds a meta request's base64-decoded key.
 	keyBuf []byte
+	// keys are a get request's keys.
+	keys [][]byte
 }
 
 func newSession(s *Server) *session {
@@ -75,6 +77,9 @@ func (s *Server) putSession(c *session) {
 	if cap(c.out) > 1<<20 {
 		c.out = make([]byte, 0, 4096)
 	}
+	// The keys point into the connection's read buffer: let it go.
+	clear(c.keys)
+	c.keys = c.keys[:0]
 	s.sessions.Put(c)
 }
 
@@ -131,13 +136,13 @@ func (c *session) rejectBlock(status statusID, send func(string), msg string, vl
 // there yet (actNeedMore), the item is too large (answered with SERVER_ERROR and the block
 // discarded; the old value is removed first when dropOld, as memcached unlinks it), or the block
 // does not end with "\r\n" (answered with a bad data chunk error). send is reply or replyErr.
-// Upstream mode applies the upstream's size limit, not ours.
+// The limit is the backend's (upstream mode leaves it to the upstream).
 func (c *session) takeBlock(key []byte, vlen int, data []byte, dropOld bool, send func(string)) (value []byte, n int, act action, ok bool) {
 	s := c.s
-	if s.up == nil && int64(len(key))+int64(vlen)+cache.ItemOverhead > s.cfg.MaxItemSize {
+	if limit := s.be.maxItemSize(); limit > 0 && int64(len(key))+int64(vlen)+cache.ItemOverhead > limit {
 		s.st.storeTooLarge.Add(1)
 		if dropOld {
-			_, _ = s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
+			s.drop(key)
 		}
 		n, act = c.rejectBlock(statusServerError, send, tooLarge, vlen)
 		return nil, n, act, false

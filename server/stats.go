@@ -127,7 +127,7 @@ func (s *Server) generalStats() []stat {
 		{"kernel_reply_dscp", strconv.Itoa(int(replyDSCP))},
 		{"kernel_errors", u64(st.kernelErrors.Load())},
 		{"xdpcache_version", s.cfg.Version},
-	}, s.upstreamStats()...)
+	}, s.be.stats()...)
 }
 
 func leftPad(s string, n int) string {

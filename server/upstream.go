@@ -34,6 +34,7 @@ package server
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"strconv"
 	"sync"
@@ -53,7 +54,8 @@ const DefaultKernelMaxAge = time.Second
 // occasional fill that is not installed.
 const genStripes = 4096
 
-type upstreamState struct {
+// upstreamBackend is the backend of upstream mode.
+type upstreamBackend struct {
 	s       *Server
 	cluster *upstream.Cluster
 	maxAge  time.Duration
@@ -66,7 +68,7 @@ type upstreamState struct {
 	fetches, fills, fillRaces atomic.Uint64
 }
 
-func newUpstreamState(s *Server, cfg Config) (*upstreamState, error) {
+func newUpstreamBackend(s *Server, cfg Config) (*upstreamBackend, error) {
 	maxAge := cfg.KernelMaxAge
 	switch {
 	case maxAge == 0:
@@ -85,30 +87,30 @@ func newUpstreamState(s *Server, cfg Config) (*upstreamState, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upstreamState{s: s, cluster: cl, maxAge: maxAge, seed: maphash.MakeSeed()}, nil
+	return &upstreamBackend{s: s, cluster: cl, maxAge: maxAge, seed: maphash.MakeSeed()}, nil
 }
 
 // snapshot is what a fill records before fetching: key's write generation and the flush one.
 type snapshot struct{ gen, flush uint64 }
 
-func (u *upstreamState) stripe(key []byte) *atomic.Uint64 {
+func (u *upstreamBackend) stripe(key []byte) *atomic.Uint64 {
 	return &u.gens[maphash.Bytes(u.seed, key)%genStripes]
 }
 
-func (u *upstreamState) snapshot(key []byte) snapshot {
+func (u *upstreamBackend) snapshot(key []byte) snapshot {
 	return snapshot{u.stripe(key).Load(), u.flushGen.Load()}
 }
 
 // invalidate bumps key's write generation, then drops the local item; the store's hook drops
 // the kernel copy under the key's lock.
-func (u *upstreamState) invalidate(key []byte) {
+func (u *upstreamBackend) invalidate(key []byte) {
 	u.stripe(key).Add(1)
-	_, _ = u.s.store.Do(str(key), func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
+	u.s.drop(key)
 }
 
 // expiry is a fetched item's local expiry: at most maxAge from now, and a second before the
 // upstream's TTL runs out (it counts whole seconds on its own clock). false: do not cache it.
-func (u *upstreamState) expiry(now time.Time, ttl int64) (int64, bool) {
+func (u *upstreamBackend) expiry(now time.Time, ttl int64) (int64, bool) {
 	exp := now.Add(u.maxAge).Unix()
 	if ttl >= 0 {
 		exp = min(exp, now.Unix()+ttl-1)
@@ -118,7 +120,7 @@ func (u *upstreamState) expiry(now time.Time, ttl int64) (int64, bool) {
 
 // install stores a fetched value locally, with the upstream's CAS, unless a write or flush_all
 // happened since snap was taken (checked under the key's lock, which writes' drops take too).
-func (u *upstreamState) install(key []byte, snap snapshot, v upstream.Value) {
+func (u *upstreamBackend) install(key []byte, snap snapshot, v upstream.Value) {
 	exp, ok := u.expiry(u.s.store.Now(), v.TTL)
 	if !ok {
 		return
@@ -146,12 +148,8 @@ func upError(srv *upstream.Server, err error) string {
 	return "SERVER_ERROR upstream " + srv.Addr() + " unavailable"
 }
 
-// upstreamStats are the `stats` lines of upstream mode; nil without upstreams.
-func (s *Server) upstreamStats() []stat {
-	u := s.up
-	if u == nil {
-		return nil
-	}
+// stats are the `stats` lines of upstream mode.
+func (u *upstreamBackend) stats() []stat {
 	up := 0
 	for _, srv := range u.cluster.Servers() {
 		if srv.Up() {
@@ -166,6 +164,17 @@ func (s *Server) upstreamStats() []stat {
 		{"upstream_fill_races", u64(u.fillRaces.Load())},
 	}
 }
+
+// close closes the connections to the upstreams.
+func (u *upstreamBackend) close() error {
+	if err := u.cluster.Close(); err != nil {
+		return fmt.Errorf("close upstreams: %w", err)
+	}
+	return nil
+}
+
+// maxItemSize is 0: the upstream holds a storage command to its own item size limit.
+func (*upstreamBackend) maxItemSize() int64 { return 0 }
 
 // appendTokens appends the request line's tokens, minus those skip rejects, and a line end:
 // the request as forwarded.
@@ -203,11 +212,10 @@ func withoutQuiet(from int) func(int, []byte) bool {
 	return func(i int, tok []byte) bool { return i >= from && len(tok) == 1 && tok[0] == 'q' }
 }
 
-// upWrite forwards a write of key: the local copy goes before and after, and the reply is
+// write forwards a write of key: the local copy goes before and after, and the reply is
 // returned only after both. On failure the error reply has been set (noreply suppresses it for
 // text commands, as memcached's out_string does; meta errors always show).
-func (c *session) upWrite(key, req []byte, meta bool) ([]byte, bool) {
-	u := c.s.up
+func (u *upstreamBackend) write(c *session, key, req []byte, meta bool) ([]byte, bool) {
 	srv := u.cluster.Pick(key)
 	u.invalidate(key)
 	replies, err := srv.Do(req, 1)
@@ -269,19 +277,19 @@ func statusOf(r []byte, hd statusID) statusID {
 	return statusServerError
 }
 
-// upStore forwards a storage command (set, add, replace, append, prepend, cas) whose line is in
-// c.tok and whose data is value.
-func (c *session) upStore(cmd cmdID, key, value []byte) {
-	s := c.s
+// store forwards a storage command (set, add, replace, append, prepend, cas) whose line is in
+// c.tok and whose data is r.value.
+func (u *upstreamBackend) store(c *session, key []byte, sr storeReq) {
+	s := u.s
 	s.st.cmdSet.Add(1)
 	req := appendTokens(nil, &c.tok, withoutNoreply(&c.tok))
-	req = append(append(req, value...), "\r\n"...)
-	r, ok := c.upWrite(key, req, false)
+	req = append(append(req, sr.value...), "\r\n"...)
+	r, ok := u.write(c, key, req, false)
 	if !ok {
 		return
 	}
 	c.status = statusOf(r, statusStored)
-	if cmd == cmdCas {
+	if sr.hasCAS {
 		switch c.status {
 		case statusStored:
 			s.st.casHits.Add(1)
@@ -294,30 +302,30 @@ func (c *session) upStore(cmd cmdID, key, value []byte) {
 	c.replyRaw(r)
 }
 
-// upArith forwards incr or decr.
-func (c *session) upArith(cmd cmdID, key []byte) {
-	hit, miss := &c.s.st.incrHits, &c.s.st.incrMisses
-	if cmd == cmdDecr {
-		hit, miss = &c.s.st.decrHits, &c.s.st.decrMisses
+// arith forwards incr or decr.
+func (u *upstreamBackend) arith(c *session, key []byte, r arithReq) {
+	hit, miss := &u.s.st.incrHits, &u.s.st.incrMisses
+	if !r.incr {
+		hit, miss = &u.s.st.decrHits, &u.s.st.decrMisses
 	}
-	c.upForwardCounted(key, statusOK, hit, miss)
+	u.forwardCounted(c, key, statusOK, hit, miss)
 }
 
-// upDelete forwards delete.
-func (c *session) upDelete(key []byte) {
-	c.upForwardCounted(key, statusDeleted, &c.s.st.deleteHits, &c.s.st.deleteMisses)
+// delete forwards delete.
+func (u *upstreamBackend) delete(c *session, key []byte) {
+	u.forwardCounted(c, key, statusDeleted, &u.s.st.deleteHits, &u.s.st.deleteMisses)
 }
 
-// upTouch forwards touch.
-func (c *session) upTouch(key []byte) {
-	c.upForwardCounted(key, statusTouched, &c.s.st.touchHits, &c.s.st.touchMisses)
+// touch forwards touch.
+func (u *upstreamBackend) touch(c *session, key []byte, _ int64) {
+	u.forwardCounted(c, key, statusTouched, &u.s.st.touchHits, &u.s.st.touchMisses)
 }
 
-// upForwardCounted forwards the current command for key, replies with the upstream's bytes, and
+// forwardCounted forwards the current command for key, replies with the upstream's bytes, and
 // counts the outcome as memcached's stats do: a hit when the upstream answered done, a miss when it
 // answered NOT_FOUND.
-func (c *session) upForwardCounted(key []byte, done statusID, hit, miss *atomic.Uint64) {
-	r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutNoreply(&c.tok)), false)
+func (u *upstreamBackend) forwardCounted(c *session, key []byte, done statusID, hit, miss *atomic.Uint64) {
+	r, ok := u.write(c, key, appendTokens(nil, &c.tok, withoutNoreply(&c.tok)), false)
 	if !ok {
 		return
 	}
@@ -331,11 +339,9 @@ func (c *session) upForwardCounted(key []byte, done statusID, hit, miss *atomic.
 	c.replyRaw(r)
 }
 
-// upFlushAll forwards flush_all to every upstream, then flushes the store (and with it the
+// flushAll forwards flush_all to every upstream, then flushes the store (and with it the
 // kernel cache). The local flush happens even if an upstream failed: dropping copies is safe.
-func (c *session) upFlushAll(delay time.Duration) {
-	s := c.s
-	u := s.up
+func (u *upstreamBackend) flushAll(c *session, delay time.Duration) {
 	req := appendTokens(nil, &c.tok, withoutNoreply(&c.tok))
 	u.flushGen.Add(1)
 	servers := u.cluster.Servers()
@@ -352,7 +358,7 @@ func (c *session) upFlushAll(delay time.Duration) {
 	}
 	wg.Wait()
 	u.flushGen.Add(1)
-	s.store.FlushAll(delay)
+	u.s.flushAll(delay)
 	for i, err := range errs {
 		if err != nil {
 			c.status = statusServerError
@@ -381,44 +387,36 @@ type upBatch struct {
 	err  error
 }
 
-// upGet runs get, gets, gat and gats in upstream mode. Local hits are answered locally; the
+// get runs get, gets, gat and gats in upstream mode. Local hits are answered locally; the
 // other keys are fetched, one pipelined round trip per upstream, all upstreams at once. gat and
 // gats change the upstream item's TTL, so they are writes: every key goes upstream.
-func (c *session) upGet(withCAS, touch bool) {
-	s := c.s
-	u := s.up
-	t := &c.tok
-	first := 1
+func (u *upstreamBackend) get(c *session, r getReq) {
+	withCAS, touch := r.withCAS, r.touch
 	var touchTok []byte
 	if touch {
-		if _, ok := protocol.ParseInt32(t.Tok(1)); !ok {
-			c.status = statusClientError
-			c.reply(badExptime)
-			return
-		}
-		touchTok, first = t.Tok(1), 2
+		touchTok = c.tok.Tok(1)
 	}
-	var keys []upKey
-	for i := first; i < t.N; i++ {
-		keys = append(keys, upKey{key: t.Tok(i)})
-	}
-	for _, k := range bytes.Fields(t.Rest) {
-		keys = append(keys, upKey{key: k})
-	}
-	for i := range keys {
-		if len(keys[i].key) > protocol.MaxKeyLen {
+	keys := make([]upKey, len(c.keys))
+	for i, key := range c.keys {
+		if len(key) > protocol.MaxKeyLen {
 			c.status = statusClientError
 			c.reply(badFormat)
 			return
 		}
+		keys[i].key = key
 	}
 	mark := len(c.out)
 	var batches []*upBatch
+	local := fetchReq{offer: c.udp}
+	var res fetchResult
 	for i := range keys {
 		k := &keys[i]
 		if !touch {
 			k.start = len(c.out)
-			k.hit = c.readKey(str(k.key), k.key, withCAS)
+			if u.s.fetch(k.key, &local, &res); res.hit {
+				k.hit = true
+				c.appendValue(k.key, &res.item, withCAS)
+			}
 			k.end = len(c.out)
 			if k.hit {
 				continue
@@ -503,46 +501,42 @@ func (c *session) upGet(withCAS, touch bool) {
 	c.out = append(c.out, protocol.End...)
 }
 
-// upMeta runs mg, md and ma in upstream mode; key is the decoded key.
-func (c *session) upMeta(op byte, key []byte, f *metaFlags) {
-	s := c.s
-	switch op {
-	case 'g':
-		c.upMetaGet(key, f)
+// forwardMeta forwards a meta write, req, and relays the upstream's reply, unless it is the
+// nominal one (done) and the client asked for quiet mode. false: it failed, and the error reply
+// is set.
+func (u *upstreamBackend) forwardMeta(c *session, key, req []byte, done statusID, noReply bool) bool {
+	r, ok := u.write(c, key, req, true)
+	if !ok {
+		return false
+	}
+	c.status = statusOf(r, done)
+	if !noReply || c.status != done {
+		c.out = append(c.out, r...)
+	}
+	return true
+}
+
+// metaDelete forwards md.
+func (u *upstreamBackend) metaDelete(c *session, key []byte, f metaFlags) {
+	if !u.forwardMeta(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), statusDeleted, f.noReply) {
 		return
-	case 'd':
-		r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
-		if !ok {
-			return
-		}
-		c.status = statusOf(r, statusDeleted)
-		switch c.status {
-		case statusDeleted:
-			s.st.deleteHits.Add(1)
-		default:
-			s.st.deleteMisses.Add(1)
-		}
-		if f.noReply && c.status == statusDeleted {
-			return
-		}
-		c.out = append(c.out, r...)
-	case 'a':
-		r, ok := c.upWrite(key, appendTokens(nil, &c.tok, withoutQuiet(2)), true)
-		if !ok {
-			return
-		}
-		c.status = statusOf(r, statusOK)
-		if f.noReply && c.status == statusOK {
-			return
-		}
-		c.out = append(c.out, r...)
+	}
+	if c.status == statusDeleted {
+		u.s.st.deleteHits.Add(1)
+	} else {
+		u.s.st.deleteMisses.Add(1)
 	}
 }
 
-// upMetaGet runs mg in upstream mode.
-func (c *session) upMetaGet(key []byte, f *metaFlags) {
-	s := c.s
-	u := s.up
+// metaArith forwards ma.
+func (u *upstreamBackend) metaArith(c *session, key []byte, _ arithReq, f metaFlags) {
+	u.forwardMeta(c, key, appendTokens(nil, &c.tok, withoutQuiet(2)), statusOK, f.noReply)
+}
+
+// metaGet runs mg in upstream mode: from the local copy when it has the key and the flags ask
+// only what a copy knows, else through the upstream.
+func (u *upstreamBackend) metaGet(c *session, key []byte, f metaFlags) {
+	s := u.s
 	t := &c.tok
 	forward := f.vivify || f.newTTL || f.hasRecache
 	for i := 2; i < t.N && !forward; i++ {
@@ -551,18 +545,16 @@ func (c *session) upMetaGet(key []byte, f *metaFlags) {
 			forward = true
 		}
 	}
+	s.st.cmdGet.Add(1)
 	if !forward {
-		mark := len(c.out)
-		c.metaGet(key, f)
-		if c.status != statusMiss {
+		req := f.fetchReq()
+		var res fetchResult
+		if s.fetch(key, &req, &res); res.hit {
+			c.replyMetaGet(key, &f, &res)
 			return
 		}
 		// Not here: the upstream answers, and counts, instead.
-		c.out = c.out[:mark]
-		s.st.cmdGet.Add(^uint64(0))
-		s.st.getMisses.Add(^uint64(0))
 	}
-	s.st.cmdGet.Add(1)
 	// N and T change the upstream's item: a write. Otherwise the client's request is followed by
 	// a fill in the same round trip.
 	write := f.vivify || f.newTTL
@@ -609,25 +601,17 @@ func (c *session) upMetaGet(key []byte, f *metaFlags) {
 	c.out = append(c.out, r...)
 }
 
-// upMetaSet forwards ms; key is the decoded key, value the data block.
-func (c *session) upMetaSet(key, value []byte, f *metaFlags) {
-	c.s.st.cmdSet.Add(1)
+// metaSet forwards ms; key is the decoded key, sr.value the data block.
+func (u *upstreamBackend) metaSet(c *session, key []byte, sr storeReq, f metaFlags) {
+	u.s.st.cmdSet.Add(1)
 	req := appendTokens(nil, &c.tok, withoutQuiet(3))
-	req = append(append(req, value...), "\r\n"...)
-	r, ok := c.upWrite(key, req, true)
-	if !ok {
-		return
-	}
-	c.status = statusOf(r, statusStored)
-	if f.noReply && c.status == statusStored {
-		return
-	}
-	c.out = append(c.out, r...)
+	req = append(append(req, sr.value...), "\r\n"...)
+	u.forwardMeta(c, key, req, statusStored, f.noReply)
 }
 
-// upMetaDebug forwards me: the item's metadata is the upstream's.
-func (c *session) upMetaDebug(key []byte) {
-	srv := c.s.up.cluster.Pick(key)
+// metaDebug forwards me: the item's metadata is the upstream's.
+func (u *upstreamBackend) metaDebug(c *session, key []byte, _ bool) {
+	srv := u.cluster.Pick(key)
 	replies, err := srv.Do(appendTokens(nil, &c.tok, nil), 1)
 	if err != nil {
 		c.status = statusServerError
