@@ -18,7 +18,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
-// The UDP guard keeps the server from being a reflector (DESIGN.md invariant 7), with the same
+// The UDP guard keeps the server from being a reflector (docs/DESIGN.md invariant 7), with the same
 // three rules the kernel path applies: a datagram is answered only if its source is in the
 // allow-list, its source's token bucket has a token, and the reply is at most MaxAmplification
 // times the request's size. A datagram from a source not allowed or over its rate is dropped

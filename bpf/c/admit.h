@@ -1,4 +1,4 @@
-/* admit.h: which sources the kernel answers (DESIGN.md invariant 7: not a reflector).
+/* admit.h: which sources the kernel answers (docs/DESIGN.md invariant 7: not a reflector).
  *
  * The allow-list is an LPM trie (cache_maps.h) whose verdicts each CPU caches per source, stamped
  * with the list's generation; the per-source rate is a GCRA timestamp in an LRU map. Both run only

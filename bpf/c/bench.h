@@ -6,7 +6,7 @@
  * wrapper runs the real program and then puts the original frame back: the head where it was,
  * the tail cut to the request's length, the bytes from bench_packet. Every program's run makes
  * the same three helper calls for it, whether or not it moved the head or the tail (a call that
- * moves nothing costs what one that moves does, ~5-10 ns here), so the restore costs the same
+ * moves nothing costs what one that moves does), so the restore costs the same
  * for every program, and xdp_restore_only measures it alone.
  */
 #pragma once

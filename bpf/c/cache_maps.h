@@ -1,7 +1,7 @@
 /* cache_maps.h: the kernel cache's maps, entry layout and runtime settings.
  *
  * Every map on the hit path is an ARRAY, whose lookups the verifier inlines (a bounds check and an
- * add, ~2 ns, against 20-40 ns for a hash map lookup).
+ * add, far cheaper than a hash map lookup; docs/BENCHMARKS.md).
  *
  *   index_map  slots addressed by (hash & mask): a key lives in one of two slots (hash, hash>>32),
  *              which hold its full 64-bit hash and where its entry is in the arena.
@@ -143,7 +143,7 @@ struct allow_cache_ent {
 
 /* allow_cache: key a hash of the source address, value this CPU's last verdict for a source
  * with that hash. A direct-mapped per-CPU cache in front of the trie: an ARRAY lookup is
- * inlined (~2 ns) where an LPM lookup costs ~20 ns. */
+ * inlined where an LPM lookup is a helper call. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ALLOW_CACHE_SLOTS);

@@ -91,7 +91,7 @@ static __always_inline int check_entry(struct scratch *st, const struct entry_hd
 		return -PASS_FLUSHED;
 	if (e->expires_ns) {
 		/* The clock is read only for entries that expire, once per packet, and the coarse
-		 * one (the last tick's time, ~15 ns cheaper here): it lags by at most a tick, which
+		 * one (the last tick's time, cheaper to read): it lags by at most a tick, which
 		 * userspace covers by ending kernel entries expiryMargin early. */
 		if (!st->coarse_ns)
 			st->coarse_ns = bpf_ktime_get_coarse_ns();

@@ -277,7 +277,7 @@ checked:
 	ip_hdr = l4.ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	if (total > MAX_PAYLOAD || ip_hdr + sizeof(struct udphdr) + total > cfg_mtu)
 		return PASS_TOO_BIG;
-	/* Not a reflector (DESIGN.md invariant 7): bounded amplification, allowed sources only,
+	/* Not a reflector (docs/DESIGN.md invariant 7): bounded amplification, allowed sources only,
 	 * each within its rate. */
 	if ((__u64)total * 16 > (__u64)l4.payload_len * cfg_max_amp_x16)
 		return PASS_AMPLIFICATION;

@@ -8,7 +8,7 @@ import (
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
-// TestKernelAnswersAndWritesWin is issue #3's end-to-end proof: over a real veth pair, a UDP client
+// TestKernelAnswersAndWritesWin is the kernel path's end-to-end proof: over a real veth pair, a UDP client
 // gets correct replies; once the key is in the kernel cache the replies carry the kernel's mark, the
 // kernel hit counter rises and the server's UDP request counter does not; then a TCP set changes the
 // value and the very next UDP GET returns the new value.
