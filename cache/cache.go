@@ -301,10 +301,12 @@ func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint
 	now := s.now()
 	ref := s.live(sh, key, h, now)
 	var cur *Item
-	var it Item
 	if ref != 0 {
-		it = sh.load(ref, false)
-		cur = &it
+		// The shard's scratch Item: fn's argument escapes, and a fresh one would cost an
+		// allocation on every call.
+		sh.cur = sh.load(ref, false)
+		cur = &sh.cur
+		defer func() { sh.cur = Item{} }()
 	}
 	next, op := fn(cur)
 
@@ -350,10 +352,28 @@ func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, n
 		s.removeOld(sh, key, h, old)
 		return 0, err
 	}
-	ref, cls, err := s.place(sh, key, next.Value, old)
-	if err != nil {
-		s.removeOld(sh, key, h, old)
-		return 0, err
+	var ref uint32
+	var cls int
+	inPlace := old != 0 && sh.fitsInPlace(old, key, next.Value)
+	if inPlace {
+		// Same class, one chunk: rewrite it where it is, as no reader outside this lock can
+		// see it. A value sharing the old bytes sits at the same offset, so copy is exact.
+		ref, cls = old, sh.class(old)
+		c := sh.chunk(ref)
+		oldSize := sh.itemSizeOf(ref)
+		put32(c, hVlen, uint32(len(next.Value)))
+		copy(c[hdrSize+len(key):], next.Value)
+		l := &sh.lists[cls]
+		l.requested += size - oldSize
+		l.st.totalItems++
+		sh.bytes += size - oldSize
+		sh.moveToFront(cls, ref)
+	} else {
+		var err error
+		if ref, cls, err = s.place(sh, key, next.Value, old); err != nil {
+			s.removeOld(sh, key, h, old)
+			return 0, err
+		}
 	}
 	seq := s.cas.Add(1)
 	if !keepCAS {
@@ -364,10 +384,12 @@ func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, n
 	put64(c, hSeq, seq)
 	put64(c, hStored, uint64(now.UnixNano()))
 	sh.saveMeta(ref, next)
-	if old != 0 {
-		sh.remove(old, h)
+	if !inPlace {
+		if old != 0 {
+			sh.remove(old, h)
+		}
+		sh.link(ref, cls, h, size)
 	}
-	sh.link(ref, cls, h, size)
 	sh.lists[cls].st.cmdSet++
 	s.makeRoom(sh, ref, now)
 	s.changed(key)
@@ -810,6 +832,7 @@ type shard struct {
 	bytes   int64       // sum of the items' sizes
 	budget  int64       // MemoryLimit / Shards
 	bump    uint32      // access counter: each LRU bump takes the next value
+	cur     Item        // Do's scratch item
 
 	sweepBucket, sweepSkip int // where the next sweep of this shard starts
 
@@ -834,6 +857,15 @@ func (sh *shard) hashOf(ref uint32) uint64 {
 func (sh *shard) itemSizeOf(ref uint32) int64 {
 	c := sh.chunk(ref)
 	return int64(c[hKlen]) + int64(chunkVlen(c)) + ItemOverhead
+}
+
+// fitsInPlace reports whether key's new value fits the one chunk of the item at old, in the
+// same class.
+func (sh *shard) fitsInPlace(old uint32, key string, value []byte) bool {
+	if sh.chunk(old)[hBits]&bitChained != 0 {
+		return false
+	}
+	return sh.sl.classFor(hdrSize+len(key)+len(value)) == sh.class(old)
 }
 
 // link enters a new item into the index, its class's LRU head and the accounts.

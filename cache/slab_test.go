@@ -239,7 +239,9 @@ func TestRebalanceUnderLoad(t *testing.T) {
 			switch err := s.Reassign(-1, dst); {
 			case err == nil:
 				moves.Add(1)
-			case errors.Is(err, ErrNoSpare), errors.Is(err, ErrSameClass), errors.Is(err, ErrBusy):
+			// No class with pages yet (src -1 finds none), one page only, or dst is the class
+			// with the most pages.
+			case errors.Is(err, ErrBadClass), errors.Is(err, ErrNoSpare), errors.Is(err, ErrSameClass), errors.Is(err, ErrBusy):
 			default:
 				t.Errorf("Reassign(-1, %d): %v", dst, err)
 				return
@@ -379,5 +381,30 @@ func TestReassignErrors(t *testing.T) {
 	}
 	if st := s.Stats(); st.SlabGlobalPagePool != 1 || st.SlabsMoved != 1 {
 		t.Fatalf("after a move to the pool: %+v", st)
+	}
+}
+
+// A Replace whose value shares the current item's bytes (meta's stale-marking rewrite, or a
+// slice of them) stores exactly those bytes, in place or in a new chunk.
+func TestReplaceSharingCurValue(t *testing.T) {
+	s, _, _ := newTestStore(t, Config{Shards: 1})
+	set(t, s, "k", "hello world", 0)
+	for _, tc := range []struct {
+		cut  func([]byte) []byte
+		want string
+	}{
+		{func(v []byte) []byte { return v }, "hello world"},
+		{func(v []byte) []byte { return v[1:] }, "ello world"},
+		{func(v []byte) []byte { return v[:4] }, "ello"},
+		{func(v []byte) []byte { return append(v, make([]byte, 500)...)[:4] }, "ello"}, // grows elsewhere first
+	} {
+		if _, err := s.Do("k", func(cur *Item) (*Item, Op) {
+			return &Item{Value: tc.cut(cur.Value), Stale: true}, Replace
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if it, _ := s.Get("k"); string(it.Value) != tc.want || !it.Stale {
+			t.Fatalf("got %q stale %v, want %q", it.Value, it.Stale, tc.want)
+		}
 	}
 }
