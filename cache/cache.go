@@ -66,9 +66,9 @@ type Config struct {
 	// MaxItemSize is memcached's -I: the largest item (key + value + ItemOverhead) accepted; see
 	// ErrTooLarge. 0 means DefaultMaxItemSize.
 	MaxItemSize int64
-	// Shards is the number of lock shards. 0 picks a default: up to 64, fewer when the memory
-	// limit is small, so that every shard's budget holds at least shardMinItems items of
-	// MaxItemSize.
+	// Shards is the number of lock shards, at most 127 (more are cut to 127). 0 picks a
+	// default: up to 64, fewer when the memory limit is small, so that every shard's budget holds
+	// at least shardMinItems items of MaxItemSize.
 	Shards int
 	// GrowthFactor is memcached's -f: each size class's chunk is this much larger than the one
 	// before. 0 means DefaultGrowthFactor; values outside (1, 2] are clamped.
@@ -235,9 +235,20 @@ func New(cfg Config) *Store {
 	}
 	s.flush.Store(&flushState{})
 	s.SetAutomove(cfg.Automove)
-	// The pages are outside the Go heap: return them when the Store is collected.
-	runtime.AddCleanup(s, func(sl *slabs) { sl.freeMemory() }, s.sl)
+	// Pages and index are outside the Go heap: return them when the Store is collected.
+	runtime.AddCleanup(s, func(m offHeapMemory) {
+		m.sl.freeMemory()
+		for i := range m.shards {
+			freeUint32(m.shards[i].buckets)
+		}
+	}, offHeapMemory{s.sl, s.shards})
 	return s
+}
+
+// offHeapMemory is what a collected Store's cleanup unmaps.
+type offHeapMemory struct {
+	sl     *slabs
+	shards []shard
 }
 
 // SetAutomove sets the rebalancer's mode as memcached's "slabs automove" does: 0 or AutomoveOff
@@ -842,7 +853,7 @@ type shard struct {
 
 func (sh *shard) init(id int, budget int64, sl *slabs, seed maphash.Seed) {
 	sh.id, sh.budget, sh.sl, sh.seed = id, budget, sl, seed
-	sh.buckets = make([]uint32, initialBuckets)
+	sh.buckets = offHeapUint32(initialBuckets)
 	sh.lists = make([]classList, len(sl.classes))
 }
 

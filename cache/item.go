@@ -184,7 +184,8 @@ func (sh *shard) indexRemove(ref uint32, h uint64) {
 
 func (sh *shard) growIndex() {
 	old := sh.buckets
-	sh.buckets = make([]uint32, 2*len(old))
+	sh.buckets = offHeapUint32(2 * len(old))
+	defer freeUint32(old)
 	for _, ref := range old {
 		for ref != 0 {
 			c := sh.chunk(ref)

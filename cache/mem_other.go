@@ -2,8 +2,8 @@
 
 package cache
 
-// allocPage takes a page from the Go heap where anonymous mappings are not used; it holds no
+// mapAnon takes the memory from the Go heap where anonymous mappings are not used; it holds no
 // pointers, so the collector does not scan it.
-func allocPage() ([]byte, error) { return make([]byte, PageSize), nil }
+func mapAnon(n int) ([]byte, error) { return make([]byte, n), nil }
 
-func freePage([]byte) {}
+func unmap([]byte) {}

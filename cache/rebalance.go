@@ -203,7 +203,7 @@ func (sl *slabs) allocFree(cls, shard int) (uint32, bool) {
 	ref := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
 	p := &sl.pages[ref>>refChunkBits]
-	p.owner[ref&refChunkMask] = uint16(shard + 1)
+	p.owner[ref&refChunkMask] = uint8(shard + 1)
 	p.used++
 	c.used++
 	return ref, true

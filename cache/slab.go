@@ -18,6 +18,8 @@ const (
 	refChunkMask = 1<<refChunkBits - 1
 	// minChunkSize keeps a page's chunk count within refChunkBits.
 	minChunkSize = PageSize >> refChunkBits
+	// maxPerPage is the most chunks a page holds.
+	maxPerPage = PageSize / minChunkSize
 	// maxPageRefs is the most pages a ref can name.
 	maxPageRefs = 1<<(32-refChunkBits) - 1
 	// maxClasses is memcached's MAX_NUMBER_OF_SLAB_CLASSES - 1: class ids run from 1.
@@ -63,7 +65,7 @@ type page struct {
 	// owner holds, per chunk, the shard index + 1 of the item using it (ownerShard bits), 0
 	// when free, with ownerCont set for a chain's continuation chunk. The rebalancer reads it to
 	// find which shard lock guards each chunk.
-	owner    []uint16
+	owner    []uint8
 	used     int  // chunks in use
 	draining bool // being emptied by the rebalancer: its free chunks are not handed out
 }
@@ -90,6 +92,7 @@ type slabs struct {
 	pages    []page      // fixed length: refs index it without the lock
 	nextPage int         // pages[1:nextPage] have memory
 	pool     []uint32    // pages with memory and no class: memcached's global page pool
+	ownerMem []byte      // every page's owner bytes, maxPerPage each, outside the Go heap
 	maxPages int         // pages -m allows
 
 	// Rebalancer counters, named after memcached's.
@@ -106,6 +109,7 @@ func newSlabs(memoryLimit int64, factor float64, minChunk int) *slabs {
 	// memcached gives every class its first page even beyond -m; room for that, and no more.
 	n := min(sl.maxPages+len(sizes), maxPageRefs)
 	sl.pages = make([]page, n+1)
+	sl.ownerMem = offHeap(len(sl.pages) * maxPerPage)
 	sl.nextPage = 1
 	return sl
 }
@@ -149,7 +153,7 @@ func (sl *slabs) alloc(cls int, shard int) (uint32, bool) {
 	ref := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
 	p := &sl.pages[ref>>refChunkBits]
-	p.owner[ref&refChunkMask] = uint16(shard + 1)
+	p.owner[ref&refChunkMask] = uint8(shard + 1)
 	p.used++
 	c.used++
 	return ref, true
@@ -165,7 +169,7 @@ func (sl *slabs) grow(cls int) bool {
 		pn = sl.pool[len(sl.pool)-1]
 		sl.pool = sl.pool[:len(sl.pool)-1]
 	case (sl.nextPage-1 < sl.maxPages || len(c.pages) == 0) && sl.nextPage < len(sl.pages):
-		mem, err := allocPage()
+		mem, err := mapAnon(PageSize)
 		if err != nil {
 			return false
 		}
@@ -184,12 +188,8 @@ func (sl *slabs) assign(pn uint32, cls int) {
 	c := &sl.classes[cls]
 	p := &sl.pages[pn]
 	p.class, p.size, p.used, p.draining = cls, c.size, 0, false
-	if cap(p.owner) >= c.perPage {
-		p.owner = p.owner[:c.perPage]
-		clear(p.owner)
-	} else {
-		p.owner = make([]uint16, c.perPage)
-	}
+	p.owner = sl.ownerMem[int(pn)*maxPerPage:][:c.perPage:c.perPage]
+	clear(p.owner)
 	c.pages = append(c.pages, pn)
 	// Pushed last to first, so chunks are handed out in address order.
 	for i := c.perPage - 1; i >= 0; i-- {
@@ -208,8 +208,8 @@ func (sl *slabs) release(refs ...uint32) {
 
 // Bits of page.owner.
 const (
-	ownerShard = 1<<15 - 1
-	ownerCont  = 1 << 15
+	ownerShard = 1<<7 - 1
+	ownerCont  = 1 << 7
 )
 
 // markContinuations records that refs are continuation chunks of a chained item.
@@ -236,8 +236,10 @@ func (sl *slabs) releaseLocked(ref uint32) {
 func (sl *slabs) freeMemory() {
 	for i := range sl.pages {
 		if sl.pages[i].mem != nil {
-			freePage(sl.pages[i].mem)
+			unmap(sl.pages[i].mem)
 			sl.pages[i].mem = nil
 		}
 	}
+	unmap(sl.ownerMem)
+	sl.ownerMem = nil
 }
