@@ -514,7 +514,7 @@ func (s *Store) place(sh *shard, key string, value []byte, keep uint32) (ref uin
 // The shard lock is held.
 func (s *Store) allocChunk(sh *shard, cls int, keep uint32) (uint32, error) {
 	for {
-		if ref, ok := s.sl.alloc(cls, sh.id); ok {
+		if ref, ok := s.sl.alloc(cls, sh.id, true); ok {
 			return ref, nil
 		}
 		now := s.now()

@@ -141,7 +141,7 @@ func (s *Store) evacuate(sh *shard, ref uint32, cont bool) {
 		return
 	}
 	cls := sh.class(ref)
-	nref, ok := sl.allocFree(cls, sh.id)
+	nref, ok := sl.alloc(cls, sh.id, false) // rescue into free chunks only, as memcached
 	if !ok {
 		s.drop(sh, ref)
 		sl.mu.Lock()
@@ -190,23 +190,6 @@ func (s *Store) drop(sh *shard, ref uint32) {
 	key := string(chunkKey(sh.chunk(ref)))
 	sh.remove(ref, maphash.String(s.seed, key))
 	s.changed(key)
-}
-
-// allocFree takes a free chunk of class cls without taking a page.
-func (sl *slabs) allocFree(cls, shard int) (uint32, bool) {
-	sl.mu.Lock()
-	defer sl.mu.Unlock()
-	c := &sl.classes[cls]
-	if len(c.free) == 0 {
-		return 0, false
-	}
-	ref := c.free[len(c.free)-1]
-	c.free = c.free[:len(c.free)-1]
-	p := &sl.pages[ref>>refChunkBits]
-	p.owner[ref&refChunkMask] = uint8(shard + 1)
-	p.used++
-	c.used++
-	return ref, true
 }
 
 // Automove thresholds, after memcached's: a class with this many pages' worth of free chunks

@@ -141,13 +141,13 @@ func (sl *slabs) chunk(ref uint32) []byte {
 	return p.mem[off : off+p.size : off+p.size]
 }
 
-// alloc takes a free chunk of class cls for shard, taking a new page if -m allows one. It
-// reports false when the class must evict.
-func (sl *slabs) alloc(cls int, shard int) (uint32, bool) {
+// alloc takes a free chunk of class cls for shard; with none free, it takes a new page if
+// mayGrow and -m allow one. It reports false when the class must evict.
+func (sl *slabs) alloc(cls int, shard int, mayGrow bool) (uint32, bool) {
 	sl.mu.Lock()
 	defer sl.mu.Unlock()
 	c := &sl.classes[cls]
-	if len(c.free) == 0 && !sl.grow(cls) {
+	if len(c.free) == 0 && (!mayGrow || !sl.grow(cls)) {
 		return 0, false
 	}
 	ref := c.free[len(c.free)-1]
