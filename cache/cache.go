@@ -142,6 +142,9 @@ var (
 	// shard's budget, or its size class has no free chunk, no page to take and no item another
 	// operation is not holding. The old item under the key is removed, as for ErrTooLarge.
 	ErrNoMemory = errors.New("cache: out of memory")
+	// ErrKeyTooLong is returned when a Replace or Install names a key longer than MaxKeyLen;
+	// nothing is changed.
+	ErrKeyTooLong = errors.New("cache: key too long")
 	// ErrInvalidOp is returned when fn returns an unknown Op or Replace with a nil item; nothing
 	// is changed.
 	ErrInvalidOp = errors.New("cache: invalid operation")
@@ -156,6 +159,9 @@ const defaultShards = 64
 
 // maxDelta is memcached's REALTIME_MAXDELTA: larger exptimes are absolute unix times.
 const maxDelta = 60 * 60 * 24 * 30
+
+// MaxKeyLen is memcached's KEY_MAX_LENGTH, the longest key the store keeps.
+const MaxKeyLen = 250
 
 // AutomoveOff is the Config.Automove and SetAutomove value that stops the rebalancer moving
 // pages on its own (memcached's slab_automove 0).
@@ -358,6 +364,9 @@ func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint
 // store puts next under key, replacing old (0 if none); keepCAS keeps next.CAS (Install). The
 // shard lock is held.
 func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time, keepCAS bool) (uint64, error) {
+	if len(key) > MaxKeyLen {
+		return 0, ErrKeyTooLong // and no item can be under such a key
+	}
 	size := itemSize(key, next.Value)
 	if err := s.checkSize(sh, size); err != nil {
 		s.removeOld(sh, key, h, old)

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -407,4 +408,17 @@ func TestReplaceSharingCurValue(t *testing.T) {
 			t.Fatalf("got %q stale %v, want %q", it.Value, it.Stale, tc.want)
 		}
 	}
+}
+
+func TestKeyTooLong(t *testing.T) {
+	s, _, h := newTestStore(t, Config{Shards: 1})
+	long := strings.Repeat("k", MaxKeyLen+1)
+	if _, err := s.Do(long, func(*Item) (*Item, Op) { return &Item{Value: []byte("v")}, Replace }); !errors.Is(err, ErrKeyTooLong) {
+		t.Fatalf("err %v, want ErrKeyTooLong", err)
+	}
+	h.expectChanged(t)
+	mustMiss(t, s, long)
+	longest := long[:MaxKeyLen]
+	set(t, s, longest, "v", 0)
+	mustGet(t, s, longest, "v")
 }
