@@ -76,9 +76,9 @@ type Config struct {
 	// MinChunk is memcached's -n: the smallest chunk holds this many bytes of key and value
 	// beyond memcached's item header. 0 means DefaultMinChunk.
 	MinChunk int
-	// Automove is memcached's slab_automove (see SetAutomove): 1 moves a page when one class
-	// keeps evicting while another does not, 2 moves on any eviction, AutomoveOff never moves
-	// pages on its own. 0 means 1, memcached's default.
+	// Automove is memcached's slab_automove: 1 moves a page when one class keeps evicting while
+	// another does not, 2 after a single check, AutomoveOff never moves pages on its own. 0 means
+	// 1, memcached's default. SetAutomove changes it later.
 	Automove int
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
@@ -163,8 +163,8 @@ const maxDelta = 60 * 60 * 24 * 30
 // MaxKeyLen is memcached's KEY_MAX_LENGTH, the longest key the store keeps.
 const MaxKeyLen = 250
 
-// AutomoveOff is the Config.Automove and SetAutomove value that stops the rebalancer moving
-// pages on its own (memcached's slab_automove 0).
+// AutomoveOff is the Config.Automove value that stops the rebalancer moving pages on its own
+// (memcached's slab_automove 0, which Config.Automove cannot say: there 0 means the default).
 const AutomoveOff = -1
 
 // Store is the item store. Create it with New.
@@ -240,7 +240,14 @@ func New(cfg Config) *Store {
 		s.shards[i].init(i, budget, s.sl, s.seed)
 	}
 	s.flush.Store(&flushState{})
-	s.SetAutomove(cfg.Automove)
+	switch cfg.Automove {
+	case 0:
+		s.SetAutomove(1)
+	case AutomoveOff:
+		s.SetAutomove(0)
+	default:
+		s.SetAutomove(cfg.Automove)
+	}
 	// Pages and index are outside the Go heap: return them when the Store is collected.
 	runtime.AddCleanup(s, func(m offHeapMemory) {
 		m.sl.freeMemory()
@@ -257,12 +264,9 @@ type offHeapMemory struct {
 	shards []shard
 }
 
-// SetAutomove sets the rebalancer's mode as memcached's "slabs automove" does: 0 or AutomoveOff
-// off, 1 on, 2 aggressive. Other values are clamped.
+// SetAutomove sets the rebalancer's mode as memcached's "slabs automove" does: 0 off, 1 on, 2
+// aggressive. Other values are clamped.
 func (s *Store) SetAutomove(mode int) {
-	if mode == 0 {
-		mode = 1
-	}
 	s.automove.Store(int32(min(max(mode, 0), 2)))
 }
 

@@ -355,6 +355,38 @@ func TestAutomoveFollowsSizeShift(t *testing.T) {
 	}
 }
 
+func TestSetAutomove(t *testing.T) {
+	for cfg, want := range map[int]int32{0: 1, AutomoveOff: 0, 1: 1, 2: 2, 7: 2} {
+		if got := New(Config{Automove: cfg}).automove.Load(); got != want {
+			t.Errorf("Config.Automove %d: mode %d, want %d", cfg, got, want)
+		}
+	}
+	s := New(Config{})
+	for mode, want := range map[int]int32{0: 0, 1: 1, 2: 2, 3: 2, -5: 0} {
+		if s.SetAutomove(mode); s.automove.Load() != want {
+			t.Errorf("SetAutomove(%d): mode %d, want %d", mode, s.automove.Load(), want)
+		}
+	}
+	// The same size shift moves pages with automove on, none with it off.
+	for _, mode := range []int{1, 0} {
+		s, clk, _ := newTestStore(t, Config{Shards: 1, MemoryLimit: 4 << 20})
+		s.SetAutomove(mode)
+		for i := range 40000 {
+			set(t, s, fmt.Sprintf("s%d", i), "small", 0)
+		}
+		for i := range 3000 {
+			set(t, s, fmt.Sprintf("L%d", i), strings.Repeat("x", 5000), 0)
+			if i%300 == 0 {
+				clk.Advance(time.Second)
+				s.Sweep(16)
+			}
+		}
+		if moved := s.Stats().SlabsMoved; (mode == 0) != (moved == 0) {
+			t.Fatalf("automove %d moved %d pages", mode, moved)
+		}
+	}
+}
+
 func TestReassignErrors(t *testing.T) {
 	s, _, _ := newTestStore(t, Config{Shards: 1, MemoryLimit: 4 << 20})
 	for _, tc := range []struct {
