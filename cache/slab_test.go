@@ -454,3 +454,90 @@ func TestKeyTooLong(t *testing.T) {
 	set(t, s, longest, "v", 0)
 	mustGet(t, s, longest, "v")
 }
+
+// TestModelAcrossClasses drives one Store and a map with random stores, appends sharing the old
+// bytes, resizing Modifies, deletes and page moves, with values from one byte to several pages,
+// and compares every read. Items a page move evicts are the ones it reports to the hook.
+func TestModelAcrossClasses(t *testing.T) {
+	s, _, h := newTestStore(t, Config{Shards: 4, MemoryLimit: 256 << 20, MaxItemSize: 4 << 20, Automove: AutomoveOff})
+	r := rand.New(rand.NewPCG(11, 12))
+	model := map[string][]byte{}
+	size := func() int {
+		switch r.IntN(10) {
+		case 0:
+			return r.IntN(3 << 20)
+		case 1, 2:
+			return r.IntN(20000)
+		default:
+			return r.IntN(600)
+		}
+	}
+	fill := func(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+	for step := range 4000 {
+		key := fmt.Sprintf("k%d", r.IntN(60))
+		switch op := r.IntN(10); {
+		case op < 4:
+			v := fill(size(), byte(step))
+			set(t, s, key, string(v), 0)
+			model[key] = v
+		case op < 5: // append through Replace, next.Value built on cur.Value
+			suffix := fill(r.IntN(3000), byte(step))
+			s.Do(key, func(cur *Item) (*Item, Op) {
+				if cur == nil {
+					return nil, Keep
+				}
+				return &Item{Value: append(cur.Value, suffix...)}, Replace
+			})
+			if v, ok := model[key]; ok {
+				model[key] = append(append([]byte(nil), v...), suffix...)
+			}
+		case op < 6: // Modify to a prefix or to fresh bytes
+			n := size()
+			s.Do(key, func(cur *Item) (*Item, Op) {
+				if cur == nil {
+					return nil, Keep
+				}
+				if n <= len(cur.Value) {
+					cur.Value = cur.Value[:n]
+				} else {
+					cur.Value = fill(n, 'm')
+				}
+				return nil, Modify
+			})
+			if v, ok := model[key]; ok {
+				if n <= len(v) {
+					model[key] = v[:n]
+				} else {
+					model[key] = fill(n, 'm')
+				}
+			}
+		case op < 7:
+			s.Do(key, func(*Item) (*Item, Op) { return nil, Delete })
+			delete(model, key)
+		case op < 8:
+			h.take()
+			_ = s.Reassign(-1, r.IntN(len(s.sl.classes)))
+			changed, _, _ := h.take()
+			for k := range changed {
+				delete(model, k)
+			}
+		default:
+			it, ok := s.Get(key)
+			v, want := model[key]
+			if ok != want || !bytes.Equal(it.Value, v) {
+				t.Fatalf("step %d: get %s: %d bytes (hit %v), model %d bytes (hit %v)", step, key, len(it.Value), ok, len(v), want)
+			}
+		}
+		if step%500 == 0 {
+			checkInvariants(t, s)
+		}
+	}
+	for key, v := range model {
+		if it, ok := s.Get(key); !ok || !bytes.Equal(it.Value, v) {
+			t.Fatalf("end: %s differs from the model", key)
+		}
+	}
+	if st := s.Stats(); st.Evictions != 0 || st.SlabsMoved == 0 {
+		t.Fatalf("stats %+v: want page moves and no evictions", st)
+	}
+}
