@@ -1,19 +1,23 @@
 // Package cache is the userspace item store of xdpcache: items with flags, expiry and CAS uniques,
 // kept under a memory limit with LRU eviction, following memcached 1.6 semantics.
 //
-// A Store is safe for concurrent use. Keys are hashed to shards; each shard has its own mutex, map,
-// LRU list and a memory budget of MemoryLimit/Shards. Per-shard LRUs approximate memcached's
-// per-slab-class LRUs: eviction picks the least recently used item of the shard the new item
-// lands in, not of the whole store.
+// Items live in slab pages as memcached keeps them (slab.go): 1 MiB pages mapped outside the Go
+// heap, each cut into chunks of one size class; an item takes the smallest chunk that holds its
+// header, key and value, and items larger than the largest chunk take a chain of chunks. The
+// index and LRU links are chunk references (uint32), never Go pointers, so the garbage collector
+// has nothing per item to scan. MemoryLimit bounds the pages, as -m does in memcached (a class
+// with no page still gets its first); the rebalancer (rebalance.go) moves pages between classes.
+//
+// A Store is safe for concurrent use. Keys are hashed to shards; each shard has its own mutex,
+// hash index, and one LRU list per size class. Two limits apply. The pages: when a class has no
+// free chunk and no page to take, the least recently used item of that class is evicted, from the
+// storing shard's list of that class or else another shard's. And, as before slabs, a budget of
+// MemoryLimit/Shards per shard counted in item bytes (key, value and ItemOverhead): when a store
+// exceeds it, the shard evicts the least recently used of its items across classes.
 //
 // Every change to an item is reported to the Hook while the key's shard lock is held, before the
 // operation returns, so a caller that replies after Do returns replies after the hook ran, and no
 // other operation on the same key can interleave with the hook.
-//
-// MemoryLimit counts what memcached counts: key, value and ItemOverhead per item. The Go heap
-// behind an item (map slot, list links, the Item struct) is larger than ItemOverhead, so the
-// process uses more than MemoryLimit for small items, as memcached uses more than -m for its
-// hash table and slab rounding; it stays proportional to the limit.
 //
 // Expiry and flush_all are lazy: dead items are removed when an operation finds them, when
 // eviction reaches them, or by Sweep. Until then they count in Stats.CurrItems and Bytes.
@@ -22,12 +26,14 @@ package cache
 import (
 	"errors"
 	"hash/maphash"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Item is one stored item. Value is never modified in place once stored (replace the slice).
+// Item is one stored item. An Item that Get returns owns its Value; the *cur that Do hands to fn
+// may share the store's memory and is valid only until Do returns.
 type Item struct {
 	Value   []byte
 	Flags   uint32
@@ -60,10 +66,20 @@ type Config struct {
 	// MaxItemSize is memcached's -I: the largest item (key + value + ItemOverhead) accepted; see
 	// ErrTooLarge. 0 means DefaultMaxItemSize.
 	MaxItemSize int64
-	// Shards is the number of lock shards. 0 picks a default: up to 64, fewer when the memory
-	// limit is small, so that every shard's budget holds at least shardMinItems items of
-	// MaxItemSize.
+	// Shards is the number of lock shards, at most 127 (more are cut to 127). 0 picks a
+	// default: up to 64, fewer when the memory limit is small, so that every shard's budget holds
+	// at least shardMinItems items of MaxItemSize.
 	Shards int
+	// GrowthFactor is memcached's -f: each size class's chunk is this much larger than the one
+	// before. 0 means DefaultGrowthFactor; values outside (1, 2] are clamped.
+	GrowthFactor float64
+	// MinChunk is memcached's -n: the smallest chunk holds this many bytes of key and value
+	// beyond memcached's item header. 0 means DefaultMinChunk.
+	MinChunk int
+	// Automove is memcached's slab_automove: 1 moves a page when one class keeps evicting while
+	// another does not, 2 after a single check, AutomoveOff never moves pages on its own. 0 means
+	// 1, memcached's default. SetAutomove changes it later.
+	Automove int
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
 	// Hook sees every change; nil means none.
@@ -122,9 +138,13 @@ var (
 	// ErrTooLarge is returned when an item is larger than MaxItemSize. The old item under the key
 	// is removed, as memcached does, so a failed set never leaves the older value readable.
 	ErrTooLarge = errors.New("cache: object too large for cache")
-	// ErrNoMemory is returned when an item cannot fit even after eviction (it is larger than the
-	// shard's budget). The old item under the key is removed, as for ErrTooLarge.
+	// ErrNoMemory is returned when an item cannot fit even after eviction: it is larger than the
+	// shard's budget, or its size class has no free chunk, no page to take and no item another
+	// operation is not holding. The old item under the key is removed, as for ErrTooLarge.
 	ErrNoMemory = errors.New("cache: out of memory")
+	// ErrKeyTooLong is returned when a Replace or Install names a key longer than MaxKeyLen;
+	// nothing is changed.
+	ErrKeyTooLong = errors.New("cache: key too long")
 	// ErrInvalidOp is returned when fn returns an unknown Op or Replace with a nil item; nothing
 	// is changed.
 	ErrInvalidOp = errors.New("cache: invalid operation")
@@ -140,6 +160,13 @@ const defaultShards = 64
 // maxDelta is memcached's REALTIME_MAXDELTA: larger exptimes are absolute unix times.
 const maxDelta = 60 * 60 * 24 * 30
 
+// MaxKeyLen is memcached's KEY_MAX_LENGTH, the longest key the store keeps.
+const MaxKeyLen = 250
+
+// AutomoveOff is the Config.Automove value that stops the rebalancer moving pages on its own
+// (memcached's slab_automove 0, which Config.Automove cannot say: there 0 means the default).
+const AutomoveOff = -1
+
 // Store is the item store. Create it with New.
 type Store struct {
 	shards      []shard
@@ -148,6 +175,7 @@ type Store struct {
 	hook        Hook
 	maxItemSize int64
 	memoryLimit int64
+	sl          *slabs
 
 	// cas is the last CAS unique handed out; the first is 1. Every Replace writes it, so it sits
 	// on its own cache line, away from the fields every Get reads.
@@ -161,6 +189,13 @@ type Store struct {
 	flushes atomic.Uint64
 	// sweepNext is the shard Sweep starts at, so that successive sweeps rotate over the shards.
 	sweepNext atomic.Uint64
+	// evictNext is the shard a class short of chunks looks at first for a victim elsewhere.
+	evictNext atomic.Uint64
+	// automove is the rebalancer's mode; lastAutomove the unix second it last looked.
+	automove     atomic.Int32
+	lastAutomove atomic.Int64
+	// rebalancing serializes page moves.
+	rebalancing sync.Mutex
 }
 
 // New returns an empty Store.
@@ -181,6 +216,16 @@ func New(cfg Config) *Store {
 	if s.memoryLimit <= 0 {
 		s.memoryLimit = DefaultMemoryLimit
 	}
+	factor := cfg.GrowthFactor
+	if factor == 0 {
+		factor = DefaultGrowthFactor
+	}
+	factor = min(max(factor, 1.01), 2)
+	minChunk := cfg.MinChunk
+	if minChunk <= 0 {
+		minChunk = DefaultMinChunk
+	}
+	s.sl = newSlabs(s.memoryLimit, factor, minChunk)
 	n := cfg.Shards
 	if n <= 0 {
 		n = defaultShards
@@ -188,13 +233,41 @@ func New(cfg Config) *Store {
 			n /= 2
 		}
 	}
+	n = min(n, ownerShard) // page.owner holds shard + 1 below the continuation bit
 	s.shards = make([]shard, n)
 	budget := s.memoryLimit / int64(n)
 	for i := range s.shards {
-		s.shards[i].init(budget)
+		s.shards[i].init(i, budget, s.sl, s.seed)
 	}
 	s.flush.Store(&flushState{})
+	switch cfg.Automove {
+	case 0:
+		s.SetAutomove(1)
+	case AutomoveOff:
+		s.SetAutomove(0)
+	default:
+		s.SetAutomove(cfg.Automove)
+	}
+	// Pages and index are outside the Go heap: return them when the Store is collected.
+	runtime.AddCleanup(s, func(m offHeapMemory) {
+		m.sl.freeMemory()
+		for i := range m.shards {
+			freeUint32(m.shards[i].buckets)
+		}
+	}, offHeapMemory{s.sl, s.shards})
 	return s
+}
+
+// offHeapMemory is what a collected Store's cleanup unmaps.
+type offHeapMemory struct {
+	sl     *slabs
+	shards []shard
+}
+
+// SetAutomove sets the rebalancer's mode as memcached's "slabs automove" does: 0 off, 1 on, 2
+// aggressive. Other values are clamped.
+func (s *Store) SetAutomove(mode int) {
+	s.automove.Store(int32(min(max(mode, 0), 2)))
 }
 
 // Now returns the store's clock reading.
@@ -231,111 +304,157 @@ func itemSize(key string, value []byte) int64 {
 // Do runs fn under key's lock with the live item: nil if absent, expired or flushed (expired and
 // flushed items found here are removed and the hook runs). fn must not call back into the Store,
 // except Now and Exptime, which take no lock. fn may change *cur only when it returns Keep (access
-// state) or Modify; *cur is valid only until Do returns.
+// state) or Modify; *cur, and the bytes of cur.Value, are valid only until Do returns.
 //
 // For Replace, next's size is checked against MaxItemSize (ErrTooLarge) and the shard's budget
-// (ErrNoMemory); on either error the old item is removed (hook runs). Otherwise other items of the
-// shard are evicted in LRU order until next fits (hook runs for each), next.CAS is set to a fresh
-// unique, and a copy of *next is stored.
+// (ErrNoMemory); on either error the old item is removed (hook runs). Otherwise other items are
+// evicted in LRU order until next fits (hook runs for each), next.CAS is set to a fresh unique,
+// and a copy of *next is stored. next.Value may share cur.Value's bytes.
 //
 // Install is Replace keeping next.CAS. Do returns the CAS of the stored item for Replace and
 // Install, else 0.
 func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint64, err error) {
-	sh := s.shardFor(key)
+	h := maphash.String(s.seed, key)
+	sh := &s.shards[h%uint64(len(s.shards))]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 
 	now := s.now()
-	e := s.live(sh, key, now)
+	ref := s.live(sh, key, h, now)
 	var cur *Item
-	if e != nil {
-		cur = &e.item
+	if ref != 0 {
+		// The shard's scratch Item: fn's argument escapes, and a fresh one would cost an
+		// allocation on every call.
+		sh.cur = sh.load(ref, false)
+		cur = &sh.cur
+		defer func() { sh.cur = Item{} }()
 	}
 	next, op := fn(cur)
 
 	switch op {
 	case Keep:
-		if e != nil {
-			sh.lru.moveToFront(e)
+		if ref != 0 {
+			sh.saveMeta(ref, cur)
+			sh.moveToFront(sh.class(ref), ref)
 		}
 		return 0, nil
 	case Modify:
-		if e == nil {
+		if ref == 0 {
 			return 0, nil
 		}
-		return 0, s.modified(sh, e, now)
+		return 0, s.modified(sh, key, h, ref, cur, now)
 	case Delete:
-		if e != nil {
-			sh.remove(e)
-			s.changed(e.key)
+		if ref != 0 {
+			sh.lists[sh.class(ref)].st.deleteHits++
+			sh.remove(ref, h)
+			s.changed(key)
 		}
 		return 0, nil
 	case Replace:
 		if next == nil {
 			return 0, ErrInvalidOp
 		}
-		return s.store(sh, key, e, next, now, false)
+		return s.store(sh, key, h, ref, next, now, false)
 	case Install:
 		if next == nil {
 			return 0, ErrInvalidOp
 		}
-		return s.store(sh, key, e, next, now, true)
+		return s.store(sh, key, h, ref, next, now, true)
 	default:
 		return 0, ErrInvalidOp
 	}
 }
 
-// store puts next under key, replacing e (nil if none); keepCAS keeps next.CAS (Install). The
+// store puts next under key, replacing old (0 if none); keepCAS keeps next.CAS (Install). The
 // shard lock is held.
-func (s *Store) store(sh *shard, key string, e *entry, next *Item, now time.Time, keepCAS bool) (uint64, error) {
+func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time, keepCAS bool) (uint64, error) {
+	if len(key) > MaxKeyLen {
+		return 0, ErrKeyTooLong // and no item can be under such a key
+	}
 	size := itemSize(key, next.Value)
 	if err := s.checkSize(sh, size); err != nil {
-		if e != nil {
-			sh.remove(e)
-			s.changed(key)
-		}
+		s.removeOld(sh, key, h, old)
 		return 0, err
+	}
+	var ref uint32
+	var cls int
+	inPlace := old != 0 && sh.fitsInPlace(old, key, next.Value)
+	if inPlace {
+		// Same class, one chunk: rewrite it where it is, as no reader outside this lock can
+		// see it. A value sharing the old bytes sits at the same offset, so copy is exact.
+		ref, cls = old, sh.class(old)
+		c := sh.chunk(ref)
+		oldSize := sh.itemSizeOf(ref)
+		put32(c, hVlen, uint32(len(next.Value)))
+		copy(c[hdrSize+len(key):], next.Value)
+		l := &sh.lists[cls]
+		l.requested += size - oldSize
+		l.st.totalItems++
+		sh.bytes += size - oldSize
+		sh.moveToFront(cls, ref)
+	} else {
+		var err error
+		if ref, cls, err = s.place(sh, key, next.Value, old); err != nil {
+			s.removeOld(sh, key, h, old)
+			return 0, err
+		}
 	}
 	seq := s.cas.Add(1)
 	if !keepCAS {
 		next.CAS = seq
 	}
 	next.LastAccess = now.Unix()
-	if e == nil {
-		e = &entry{key: key}
-		sh.items[key] = e
-		sh.lru.pushFront(e)
-	} else {
-		sh.bytes -= e.size
-		sh.lru.moveToFront(e)
+	c := sh.chunk(ref)
+	put64(c, hSeq, seq)
+	put64(c, hStored, uint64(now.UnixNano()))
+	sh.saveMeta(ref, next)
+	if !inPlace {
+		if old != 0 {
+			sh.remove(old, h)
+		}
+		sh.link(ref, cls, h, size)
 	}
-	e.item = *next
-	e.seq = seq
-	e.size = size
-	e.stored = now.UnixNano()
-	sh.bytes += size
-	sh.totalItems++
-	s.makeRoom(sh, e, now)
+	sh.lists[cls].st.cmdSet++
+	s.makeRoom(sh, ref, now)
 	s.changed(key)
 	return next.CAS, nil
 }
 
-// modified accounts for an in-place change of e: a Modify that swapped the value changes its
-// size, which must obey the same limits as a store. The shard lock is held.
-func (s *Store) modified(sh *shard, e *entry, now time.Time) error {
-	size := itemSize(e.key, e.item.Value)
-	if size != e.size {
+// removeOld removes key's item after a failed store, as memcached does. The shard lock is held.
+func (s *Store) removeOld(sh *shard, key string, h uint64, old uint32) {
+	if old != 0 {
+		sh.remove(old, h)
+		s.changed(key)
+	}
+}
+
+// modified writes back an in-place change of cur. A Modify that swapped the value moves the item
+// to chunks of the new size, which must obey the same limits as a store. The shard lock is held.
+func (s *Store) modified(sh *shard, key string, h uint64, ref uint32, cur *Item, now time.Time) error {
+	c := sh.chunk(ref)
+	if !sh.sameValue(ref, cur.Value) {
+		size := itemSize(key, cur.Value)
 		if err := s.checkSize(sh, size); err != nil {
-			sh.remove(e)
-			s.changed(e.key)
+			s.removeOld(sh, key, h, ref)
 			return err
 		}
-		sh.bytes += size - e.size
-		e.size = size
+		nref, cls, err := s.place(sh, key, cur.Value, ref)
+		if err != nil {
+			s.removeOld(sh, key, h, ref)
+			return err
+		}
+		nc := sh.chunk(nref)
+		put64(nc, hSeq, u64(c, hSeq))
+		put64(nc, hStored, u64(c, hStored))
+		sh.remove(ref, h)
+		sh.link(nref, cls, h, size)
+		sh.lists[cls].st.totalItems-- // the same item, moved
+		ref = nref
 	}
-	sh.lru.moveToFront(e)
-	s.makeRoom(sh, e, now)
-	s.changed(e.key)
+	sh.saveMeta(ref, cur)
+	sh.moveToFront(sh.class(ref), ref)
+	s.makeRoom(sh, ref, now)
+	s.changed(key)
 	return nil
 }
 
@@ -349,81 +468,216 @@ func (s *Store) checkSize(sh *shard, size int64) error {
 	return nil
 }
 
+// place allocates chunks for key and value and writes them, with every other header field still
+// to be set; it evicts what it must, never keep (the item being replaced, whose bytes value may
+// share). The shard lock is held.
+func (s *Store) place(sh *shard, key string, value []byte, keep uint32) (ref uint32, cls int, err error) {
+	total := hdrSize + len(key) + len(value)
+	if cls = s.sl.classFor(total); cls != 0 {
+		if ref, err = s.allocChunk(sh, cls, keep); err != nil {
+			return 0, 0, err
+		}
+		c := sh.chunk(ref)
+		c[hKlen], c[hBits] = byte(len(key)), 0
+		put32(c, hVlen, uint32(len(value)))
+		copy(c[hdrSize:], key)
+		copy(c[hdrSize+len(key):], value)
+		return ref, cls, nil
+	}
+	// A chain of largest-class chunks: the head holds the header, the key, the first
+	// continuation's ref and the start of the value; each continuation its next, the head and
+	// more of the value.
+	cls = s.sl.largest()
+	size := s.sl.classes[cls].size
+	headCap := size - headSpan(len(key), true)
+	contCap := size - contHdr
+	n := 1 + (len(value)-headCap+contCap-1)/contCap
+	refs := make([]uint32, 0, n)
+	for range n {
+		r, err := s.allocChunk(sh, cls, keep)
+		if err != nil {
+			s.sl.release(refs...)
+			return 0, 0, err
+		}
+		refs = append(refs, r)
+	}
+	s.sl.markContinuations(refs[1:])
+	ref = refs[0]
+	c := sh.chunk(ref)
+	c[hKlen], c[hBits] = byte(len(key)), bitChained
+	put32(c, hVlen, uint32(len(value)))
+	copy(c[hdrSize:], key)
+	put32(c, hdrSize+len(key), refs[1])
+	rest := value[copy(c[headSpan(len(key), true):], value):]
+	for i := 1; i < n; i++ {
+		cc := sh.chunk(refs[i])
+		var nxt uint32
+		if i+1 < n {
+			nxt = refs[i+1]
+		}
+		put32(cc, 0, nxt)
+		put32(cc, 4, ref)
+		rest = rest[copy(cc[contHdr:], rest):]
+	}
+	return ref, cls, nil
+}
+
+// allocChunk takes a chunk of class cls, evicting that class's least recently used items until
+// one is free: from this shard's list, else from another shard's whose lock is free at once.
+// The shard lock is held.
+func (s *Store) allocChunk(sh *shard, cls int, keep uint32) (uint32, error) {
+	for {
+		if ref, ok := s.sl.alloc(cls, sh.id, true); ok {
+			return ref, nil
+		}
+		now := s.now()
+		if v := s.victim(sh, cls, keep, now); v != 0 {
+			s.evict(sh, v, now)
+			continue
+		}
+		if s.evictElsewhere(sh, cls, now) {
+			continue
+		}
+		sh.lists[cls].st.outOfMemory++
+		return 0, ErrNoMemory
+	}
+}
+
+// evictElsewhere evicts the least recently used item of class cls in another shard whose lock
+// it gets without waiting; it reports whether it did. sh's lock is held.
+func (s *Store) evictElsewhere(sh *shard, cls int, now time.Time) bool {
+	n := len(s.shards)
+	start := int(s.evictNext.Add(1) % uint64(n))
+	for i := range n {
+		t := &s.shards[(start+i)%n]
+		if t == sh || !t.mu.TryLock() {
+			continue
+		}
+		v := s.victim(t, cls, 0, now)
+		if v != 0 {
+			s.evict(t, v, now)
+		}
+		t.mu.Unlock()
+		if v != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // evictSearch is how many items from the LRU tail eviction looks at for an expired or flushed one
 // to reclaim before it evicts a live item (memcached looks at 5).
 const evictSearch = 5
 
-// makeRoom evicts items other than keep until the shard is within budget. The shard lock is held.
-func (s *Store) makeRoom(sh *shard, keep *entry, now time.Time) {
+// victim picks the item of class cls to evict in sh: the first expired or flushed one among the
+// evictSearch least recently used, else the least recently used; never keep. The lock is held.
+func (s *Store) victim(sh *shard, cls int, keep uint32, now time.Time) uint32 {
+	v := sh.lists[cls].tail
+	if v == keep && v != 0 {
+		v = u32(sh.chunk(v), hPrev)
+	}
 	fs := s.flush.Load()
 	nowSec, nowNano := now.Unix(), now.UnixNano()
+	for i, r := 0, v; i < evictSearch && r != 0; i++ {
+		c := sh.chunk(r)
+		if r != keep && (expiredAt(c, nowSec) || fs.flushed(c, nowNano)) {
+			return r
+		}
+		r = u32(c, hPrev)
+	}
+	return v
+}
+
+// makeRoom evicts items other than keep until the shard is within its budget, least recently
+// used first across the shard's classes. The shard lock is held.
+func (s *Store) makeRoom(sh *shard, keep uint32, now time.Time) {
 	for sh.bytes > sh.budget {
-		victim := sh.lru.back()
-		// Prefer memory whose item is dead anyway.
-		for i, e := 0, victim; i < evictSearch && e != nil; i, e = i+1, sh.lru.prev(e) {
-			if e != keep && (expired(&e.item, nowSec) || fs.flushed(e, nowNano)) {
-				victim = e
-				break
+		// The oldest tail: the classes' lists are each in LRU order, so the shard's least
+		// recently used item is the tail bumped longest ago.
+		best, bestAge := 0, uint32(0)
+		for cls := 1; cls < len(sh.lists); cls++ {
+			t := sh.lists[cls].tail
+			if t == keep && t != 0 {
+				t = u32(sh.chunk(t), hPrev)
+			}
+			if t == 0 {
+				continue
+			}
+			if age := sh.bump - u32(sh.chunk(t), hBump); best == 0 || age > bestAge {
+				best, bestAge = cls, age
 			}
 		}
-		if victim == keep {
-			victim = sh.lru.prev(keep)
-		}
-		if victim == nil {
+		if best == 0 {
 			return // only keep is left, and checkSize guaranteed it fits
 		}
-		switch {
-		case expired(&victim.item, nowSec):
-			sh.reclaimed++
-			sh.expired++
-			if !victim.item.Fetched {
-				sh.expiredUnfetched++
-			}
-		case fs.flushed(victim, nowNano):
-			sh.reclaimed++
-		default:
-			sh.evictions++
-			if !victim.item.Fetched {
-				sh.evictedUnfetched++
-			}
-		}
-		sh.remove(victim)
-		s.changed(victim.key)
+		s.evict(sh, s.victim(sh, best, keep, now), now)
 	}
 }
 
-// live returns key's entry if it is live, removing it (hook runs) if it is expired or flushed.
-// The shard lock is held.
-func (s *Store) live(sh *shard, key string, now time.Time) *entry {
-	e := sh.items[key]
-	if e == nil {
-		return nil
-	}
-	if s.reap(sh, e, now) {
-		return nil
-	}
-	return e
-}
-
-// reap removes e if it is expired or flushed and reports whether it did. The shard lock is held.
-func (s *Store) reap(sh *shard, e *entry, now time.Time) bool {
+// evict removes ref to make room, counting it as memcached does: an expired or flushed item's
+// memory is reclaimed, a live one is evicted. The shard lock is held.
+func (s *Store) evict(sh *shard, ref uint32, now time.Time) {
+	c := sh.chunk(ref)
+	st := &sh.lists[sh.class(ref)].st
+	fetched := c[hBits]&bitFetched != 0
 	switch {
-	case expired(&e.item, now.Unix()):
-		sh.expired++
-		if !e.item.Fetched {
-			sh.expiredUnfetched++
+	case expiredAt(c, now.Unix()):
+		st.reclaimed++
+		st.expired++
+		if !fetched {
+			st.expiredUnfetched++
 		}
-	case s.flush.Load().flushed(e, now.UnixNano()):
+	case s.flush.Load().flushed(c, now.UnixNano()):
+		st.reclaimed++
+	default:
+		st.evicted++
+		if int64(u64(c, hExp)) != 0 {
+			st.evictedNonzero++
+		}
+		if !fetched {
+			st.evictedUnfetched++
+		}
+		st.evictedTime = now.Unix() - int64(u32(c, hAccess))
+	}
+	key := string(chunkKey(c))
+	sh.remove(ref, maphash.String(s.seed, key))
+	s.changed(key)
+}
+
+// live returns key's head ref if the item is live, removing it (hook runs) if it is expired or
+// flushed. The shard lock is held.
+func (s *Store) live(sh *shard, key string, h uint64, now time.Time) uint32 {
+	ref := sh.lookup(key, h)
+	if ref == 0 || s.reap(sh, ref, h, now) {
+		return 0
+	}
+	return ref
+}
+
+// reap removes ref if it is expired or flushed and reports whether it did. The shard lock is
+// held.
+func (s *Store) reap(sh *shard, ref uint32, h uint64, now time.Time) bool {
+	c := sh.chunk(ref)
+	switch {
+	case expiredAt(c, now.Unix()):
+		st := &sh.lists[sh.class(ref)].st
+		st.expired++
+		if c[hBits]&bitFetched == 0 {
+			st.expiredUnfetched++
+		}
+	case s.flush.Load().flushed(c, now.UnixNano()):
 	default:
 		return false
 	}
-	sh.remove(e)
-	s.changed(e.key)
+	key := string(chunkKey(c))
+	sh.remove(ref, h)
+	s.changed(key)
 	return true
 }
 
-func expired(it *Item, nowSec int64) bool {
-	return it.Exptime != 0 && it.Exptime <= nowSec
+func expiredAt(c []byte, nowSec int64) bool {
+	exp := int64(u64(c, hExp))
+	return exp != 0 && exp <= nowSec
 }
 
 func (s *Store) changed(key string) {
@@ -436,18 +690,17 @@ func (s *Store) changed(key string) {
 // LRU bump. The copy shows the access state from before this fetch (what meta flags h and l
 // report). The hook runs only if an expired or flushed item was removed.
 func (s *Store) Get(key string) (Item, bool) {
-	sh := s.shardFor(key)
+	h := maphash.String(s.seed, key)
+	sh := &s.shards[h%uint64(len(s.shards))]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	e := s.live(sh, key, now)
-	if e == nil {
+	ref := s.live(sh, key, h, now)
+	if ref == 0 {
 		return Item{}, false
 	}
-	it := e.item
-	e.item.Fetched = true
-	e.item.LastAccess = now.Unix()
-	sh.lru.moveToFront(e)
+	it := sh.load(ref, true)
+	sh.fetched(ref, now)
 	return it, true
 }
 
@@ -455,21 +708,21 @@ func (s *Store) Get(key string) (Item, bool) {
 // LastAccess = now and an LRU bump, as Get does, without copying the item. Nothing happens for a
 // key that is gone; an expired or flushed one is removed (the hook runs).
 func (s *Store) RecordFetch(key string) {
-	sh := s.shardFor(key)
+	h := maphash.String(s.seed, key)
+	sh := &s.shards[h%uint64(len(s.shards))]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	if e := s.live(sh, key, now); e != nil {
-		e.item.Fetched = true
-		e.item.LastAccess = now.Unix()
-		sh.lru.moveToFront(e)
+	if ref := s.live(sh, key, h, now); ref != 0 {
+		sh.fetched(ref, now)
 	}
 }
 
 // Sweep examines up to n items, spread over the shards, and removes the expired and flushed ones
 // (the hook runs for each). It returns how many it removed. Expiry is otherwise lazy; a server may
 // call Sweep periodically to return the memory of items nobody asks for. Each shard is locked
-// for at most ceil(n/Shards) items.
+// for at most ceil(n/Shards) items. Sweep also runs the rebalancer (see SetAutomove) at most once
+// a second.
 func (s *Store) Sweep(n int) int {
 	if n <= 0 {
 		return 0
@@ -481,23 +734,35 @@ func (s *Store) Sweep(n int) int {
 		sh := &s.shards[(start+i)%len(s.shards)]
 		removed += s.sweepShard(sh, per)
 	}
+	s.maybeAutomove()
 	return removed
 }
 
+// sweepShard examines up to n items of sh, continuing where the last sweep of sh stopped.
 func (s *Store) sweepShard(sh *shard, n int) int {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
 	removed := 0
-	// Map iteration starts at a random point, so successive sweeps sample different items.
-	// Deleting the current entry during range is allowed.
-	for _, e := range sh.items {
-		if n == 0 {
-			break
+	nb := len(sh.buckets)
+	for i := 0; i < nb && n > 0; i++ {
+		b := sh.sweepBucket % nb
+		ref := sh.buckets[b]
+		for skip := sh.sweepSkip; skip > 0 && ref != 0; skip-- {
+			ref = u32(sh.chunk(ref), hHnext)
 		}
-		n--
-		if s.reap(sh, e, now) {
-			removed++
+		for ref != 0 && n > 0 {
+			next := u32(sh.chunk(ref), hHnext)
+			n--
+			sh.sweepSkip++
+			if s.reap(sh, ref, sh.hashOf(ref), now) {
+				removed++
+				sh.sweepSkip--
+			}
+			ref = next
+		}
+		if ref == 0 {
+			sh.sweepBucket, sh.sweepSkip = b+1, 0
 		}
 	}
 	return removed
@@ -542,7 +807,7 @@ func (s *Store) FlushAll(delay time.Duration) {
 
 // flushState records flush_all deadlines. It is immutable once published.
 type flushState struct {
-	// seq: items with an entry.seq at most seq were flushed by an immediate flush_all.
+	// seq: items with a stored seq at most seq were flushed by an immediate flush_all.
 	seq uint64
 	// before: items stored at or before this unix-nano time were flushed by a delayed flush_all
 	// whose deadline has passed (0: none).
@@ -552,48 +817,18 @@ type flushState struct {
 	pending int64
 }
 
-func (f *flushState) flushed(e *entry, nowNano int64) bool {
-	if e.seq <= f.seq {
+// flushed reports whether the item in head chunk c is flushed. Its seq is the store counter
+// value taken by its last Replace or Install: the CAS for a Replace, not for an Install, so
+// flush_all never depends on a CAS.
+func (f *flushState) flushed(c []byte, nowNano int64) bool {
+	if u64(c, hSeq) <= f.seq {
 		return true
 	}
-	if f.before != 0 && e.stored <= f.before {
+	stored := int64(u64(c, hStored))
+	if f.before != 0 && stored <= f.before {
 		return true
 	}
-	return f.pending != 0 && f.pending <= nowNano && e.stored <= f.pending
-}
-
-// Stats are the store's counters, named after memcached's.
-type Stats struct {
-	CurrItems        uint64 // items held, including expired or flushed ones not yet found
-	TotalItems       uint64 // items stored since start
-	Bytes            uint64 // bytes of the items held (key + value + ItemOverhead)
-	Evictions        uint64 // live items removed to make room
-	Expired          uint64 // items removed because they expired
-	Reclaimed        uint64 // times an expired or flushed item's memory was taken for a new one
-	ExpiredUnfetched uint64 // expired items that were never fetched
-	EvictedUnfetched uint64 // evicted items that were never fetched
-	LimitMaxBytes    int64  // the memory limit
-	Flushes          uint64 // FlushAll calls
-}
-
-// Stats sums the shards' counters; each shard is read under its lock, so the sum is not one
-// atomic snapshot of the whole store.
-func (s *Store) Stats() Stats {
-	st := Stats{LimitMaxBytes: s.memoryLimit, Flushes: s.flushes.Load()}
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		st.CurrItems += uint64(len(sh.items))
-		st.TotalItems += sh.totalItems
-		st.Bytes += uint64(sh.bytes)
-		st.Evictions += sh.evictions
-		st.Expired += sh.expired
-		st.Reclaimed += sh.reclaimed
-		st.ExpiredUnfetched += sh.expiredUnfetched
-		st.EvictedUnfetched += sh.evictedUnfetched
-		sh.mu.Unlock()
-	}
-	return st
+	return f.pending != 0 && f.pending <= nowNano && stored <= f.pending
 }
 
 // Keys returns the keys held, live or not yet found dead, in no order. It locks one shard at a
@@ -603,9 +838,7 @@ func (s *Store) Keys() []string {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k := range sh.items {
-			keys = append(keys, k)
-		}
+		sh.each(func(ref uint32) { keys = append(keys, string(chunkKey(sh.chunk(ref)))) })
 		sh.mu.Unlock()
 	}
 	return keys
@@ -613,85 +846,161 @@ func (s *Store) Keys() []string {
 
 // shard is one lock's worth of the store.
 type shard struct {
-	mu     sync.Mutex
-	items  map[string]*entry
-	lru    lruList
-	bytes  int64 // sum of the items' sizes
-	budget int64 // MemoryLimit / Shards
+	mu      sync.Mutex
+	id      int
+	sl      *slabs
+	seed    maphash.Seed
+	buckets []uint32    // hash index of head refs
+	count   int         // items in the index
+	lists   []classList // per size class
+	bytes   int64       // sum of the items' sizes
+	budget  int64       // MemoryLimit / Shards
+	bump    uint32      // access counter: each LRU bump takes the next value
+	cur     Item        // Do's scratch item
 
-	totalItems, evictions, expired, reclaimed, expiredUnfetched, evictedUnfetched uint64
+	sweepBucket, sweepSkip int // where the next sweep of this shard starts
 
 	// Keep shards that sit next to each other in the slice on separate cache lines.
 	_ [64]byte
 }
 
-func (sh *shard) init(budget int64) {
-	sh.items = make(map[string]*entry)
-	sh.lru.init()
-	sh.budget = budget
+func (sh *shard) init(id int, budget int64, sl *slabs, seed maphash.Seed) {
+	sh.id, sh.budget, sh.sl, sh.seed = id, budget, sl, seed
+	sh.buckets = offHeapUint32(initialBuckets)
+	sh.lists = make([]classList, len(sl.classes))
 }
 
-func (sh *shard) remove(e *entry) {
-	delete(sh.items, e.key)
-	sh.lru.remove(e)
-	sh.bytes -= e.size
+// class returns the size class of ref's chunk.
+func (sh *shard) class(ref uint32) int { return sh.sl.pages[ref>>refChunkBits].class }
+
+func (sh *shard) hashOf(ref uint32) uint64 {
+	return maphash.Bytes(sh.seed, chunkKey(sh.chunk(ref)))
 }
 
-// entry is an item in a shard's map and LRU list.
-type entry struct {
-	key  string
-	item Item
-	size int64 // itemSize at the last store or resize
-	// seq is the store's counter value taken by the last Replace or Install: the item's CAS for a
-	// Replace, not for an Install. Immediate flush_all compares it, never the CAS.
-	seq        uint64
-	stored     int64 // unix nanos of the last Replace, for delayed flush_all
-	prev, next *entry
+// itemSizeOf is itemSize of the item at head ref.
+func (sh *shard) itemSizeOf(ref uint32) int64 {
+	c := sh.chunk(ref)
+	return int64(c[hKlen]) + int64(chunkVlen(c)) + ItemOverhead
 }
 
-// lruList is an intrusive doubly linked list with a sentinel: front is most recently used.
-type lruList struct {
-	root entry
+// fitsInPlace reports whether key's new value fits the one chunk of the item at old, in the
+// same class.
+func (sh *shard) fitsInPlace(old uint32, key string, value []byte) bool {
+	if sh.chunk(old)[hBits]&bitChained != 0 {
+		return false
+	}
+	return sh.sl.classFor(hdrSize+len(key)+len(value)) == sh.class(old)
 }
 
-func (l *lruList) init() {
-	l.root.next = &l.root
-	l.root.prev = &l.root
+// link enters a new item into the index, its class's LRU head and the accounts.
+func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
+	sh.indexInsert(ref, h)
+	sh.pushFront(cls, ref)
+	l := &sh.lists[cls]
+	l.n++
+	l.requested += size
+	l.st.totalItems++
+	sh.bytes += size
 }
 
-func (l *lruList) pushFront(e *entry) {
-	e.prev = &l.root
-	e.next = l.root.next
-	l.root.next.prev = e
-	l.root.next = e
-}
-
-func (l *lruList) remove(e *entry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
-}
-
-func (l *lruList) moveToFront(e *entry) {
-	if l.root.next == e {
+// remove takes the item at head ref out of the index, its LRU and the accounts, and frees its
+// chunks. h is the hash of its key.
+func (sh *shard) remove(ref uint32, h uint64) {
+	cls := sh.class(ref)
+	size := sh.itemSizeOf(ref)
+	sh.unlinkLRU(cls, ref)
+	sh.indexRemove(ref, h)
+	l := &sh.lists[cls]
+	l.n--
+	l.requested -= size
+	sh.bytes -= size
+	c := sh.chunk(ref)
+	if c[hBits]&bitChained == 0 {
+		sh.sl.release(ref)
 		return
 	}
-	l.remove(e)
-	l.pushFront(e)
+	refs := []uint32{ref}
+	for r := u32(c, hdrSize+int(c[hKlen])); r != 0; r = u32(sh.chunk(r), 0) {
+		refs = append(refs, r)
+	}
+	sh.sl.release(refs...)
 }
 
-// back returns the least recently used entry, nil if the list is empty.
-func (l *lruList) back() *entry {
-	if l.root.prev == &l.root {
-		return nil
+// load returns the item at head ref. Its Value shares the chunk's bytes unless own is set or the
+// value spans a chain of chunks.
+func (sh *shard) load(ref uint32, own bool) Item {
+	c := sh.chunk(ref)
+	bits := c[hBits]
+	it := Item{
+		Flags:      u32(c, hFlags),
+		Exptime:    int64(u64(c, hExp)),
+		CAS:        u64(c, hCAS),
+		LastAccess: int64(u32(c, hAccess)),
+		Fetched:    bits&bitFetched != 0,
+		Stale:      bits&bitStale != 0,
+		WinIssued:  bits&bitWin != 0,
 	}
-	return l.root.prev
+	klen, vlen := int(c[hKlen]), chunkVlen(c)
+	if bits&bitChained == 0 {
+		v := c[hdrSize+klen : hdrSize+klen+vlen : hdrSize+klen+vlen]
+		if own {
+			v = append(make([]byte, 0, vlen), v...)
+		}
+		it.Value = v
+		return it
+	}
+	v := make([]byte, 0, vlen)
+	v = append(v, c[headSpan(klen, true):]...)
+	for r := u32(c, hdrSize+klen); r != 0; {
+		cc := sh.chunk(r)
+		v = append(v, cc[contHdr:min(len(cc), contHdr+vlen-len(v))]...)
+		r = u32(cc, 0)
+	}
+	it.Value = v[:vlen]
+	return it
 }
 
-// prev returns the entry used just more recently than e, nil at the front.
-func (l *lruList) prev(e *entry) *entry {
-	if e.prev == &l.root {
-		return nil
+// sameValue reports whether v is the value stored at head ref: the very bytes load handed out
+// for a one-chunk item, equal bytes for a chained one.
+func (sh *shard) sameValue(ref uint32, v []byte) bool {
+	c := sh.chunk(ref)
+	klen, vlen := int(c[hKlen]), chunkVlen(c)
+	if len(v) != vlen {
+		return false
 	}
-	return e.prev
+	if c[hBits]&bitChained == 0 {
+		return vlen == 0 || &v[0] == &c[hdrSize+klen]
+	}
+	stored := sh.load(ref, false).Value
+	return string(stored) == string(v)
+}
+
+// saveMeta writes it's fields other than the value into the head chunk at ref.
+func (sh *shard) saveMeta(ref uint32, it *Item) {
+	c := sh.chunk(ref)
+	put32(c, hFlags, it.Flags)
+	put64(c, hExp, uint64(it.Exptime))
+	put64(c, hCAS, it.CAS)
+	put32(c, hAccess, uint32(it.LastAccess))
+	bits := c[hBits] & bitChained
+	if it.Fetched {
+		bits |= bitFetched
+	}
+	if it.Stale {
+		bits |= bitStale
+	}
+	if it.WinIssued {
+		bits |= bitWin
+	}
+	c[hBits] = bits
+}
+
+// fetched records a fetch of the item at head ref.
+func (sh *shard) fetched(ref uint32, now time.Time) {
+	c := sh.chunk(ref)
+	c[hBits] |= bitFetched
+	put32(c, hAccess, uint32(now.Unix()))
+	cls := sh.class(ref)
+	sh.lists[cls].st.getHits++
+	sh.moveToFront(cls, ref)
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"testing"
 	"time"
@@ -169,36 +170,69 @@ func mustMiss(t *testing.T, s *Store, key string) {
 	}
 }
 
-// checkInvariants verifies the shards' internal bookkeeping: map and list hold the same entries,
-// byte counts add up, each shard is within budget and each key sits in its own shard.
+// checkInvariants verifies the shards' and the slabs' bookkeeping: every class list is well
+// linked and holds exactly the items of the index, byte counts add up, each shard is within
+// budget, each key sits in its own shard, every chunk in use is owned by the shard using it, and
+// every class's chunks are either free or in use.
 func checkInvariants(t *testing.T, s *Store) {
 	t.Helper()
+	sl := s.sl
+	owned := make(map[uint32]int) // chunk ref -> shard id + 1, from the shards' side
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		n := 0
 		var bytes int64
-		for e := sh.lru.root.next; e != &sh.lru.root; e = e.next {
-			n++
-			if e.next.prev != e {
-				t.Errorf("shard %d: broken list links at %q", i, e.key)
+		for cls := 1; cls < len(sh.lists); cls++ {
+			l := &sh.lists[cls]
+			var listed, requested int64
+			var prev uint32
+			for ref := l.head; ref != 0; ref = u32(sh.chunk(ref), hNext) {
+				c := sh.chunk(ref)
+				key := string(chunkKey(c))
+				if u32(c, hPrev) != prev {
+					t.Errorf("shard %d class %d: broken list links at %q", i, cls, key)
+				}
+				if sh.class(ref) != cls {
+					t.Errorf("shard %d: %q listed in class %d, its chunk is in class %d", i, key, cls, sh.class(ref))
+				}
+				if got := sh.lookup(key, maphash.String(s.seed, key)); got != ref {
+					t.Errorf("shard %d: list item %q not in the index (found %d, want %d)", i, key, got, ref)
+				}
+				if s.shardFor(key) != sh {
+					t.Errorf("key %q in shard %d, hashes elsewhere", key, i)
+				}
+				size := sh.itemSizeOf(ref)
+				bytes += size
+				requested += size
+				listed++
+				owned[ref] = i + 1
+				if c[hBits]&bitChained != 0 {
+					for r := u32(c, hdrSize+int(c[hKlen])); r != 0; r = u32(sh.chunk(r), 0) {
+						owned[r] = i + 1
+						if u32(sh.chunk(r), 4) != ref {
+							t.Errorf("shard %d: %q continuation %d points at head %d", i, key, r, u32(sh.chunk(r), 4))
+						}
+					}
+				}
+				prev = ref
+				if listed > int64(sh.count)+1 {
+					t.Errorf("shard %d class %d: list longer than the index", i, cls)
+					break
+				}
 			}
-			if sh.items[e.key] != e {
-				t.Errorf("shard %d: list entry %q not in map", i, e.key)
+			if l.tail != prev {
+				t.Errorf("shard %d class %d: tail %d, list ends at %d", i, cls, l.tail, prev)
 			}
-			if s.shardFor(e.key) != sh {
-				t.Errorf("key %q in shard %d, hashes elsewhere", e.key, i)
+			if listed != l.n || requested != l.requested {
+				t.Errorf("shard %d class %d: %d items of %d bytes listed, accounts say %d of %d", i, cls, listed, requested, l.n, l.requested)
 			}
-			if want := itemSize(e.key, e.item.Value); e.size != want {
-				t.Errorf("shard %d: %q size %d, want %d", i, e.key, e.size, want)
-			}
-			bytes += e.size
-			if n > len(sh.items)+1 {
-				break
-			}
+			n += int(listed)
 		}
-		if n != len(sh.items) {
-			t.Errorf("shard %d: list has %d entries, map %d", i, n, len(sh.items))
+		indexed := 0
+		sh.each(func(uint32) { indexed++ })
+		if n != sh.count || indexed != sh.count {
+			t.Errorf("shard %d: lists hold %d items, index %d, count %d", i, n, indexed, sh.count)
 		}
 		if bytes != sh.bytes {
 			t.Errorf("shard %d: bytes %d, items add up to %d", i, sh.bytes, bytes)
@@ -207,5 +241,50 @@ func checkInvariants(t *testing.T, s *Store) {
 			t.Errorf("shard %d: bytes %d over budget %d", i, sh.bytes, sh.budget)
 		}
 		sh.mu.Unlock()
+	}
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	for cls := 1; cls < len(sl.classes); cls++ {
+		c := &sl.classes[cls]
+		used := 0
+		free := make(map[uint32]bool, len(c.free))
+		for _, ref := range c.free {
+			if free[ref] {
+				t.Errorf("class %d: chunk %d free twice", cls, ref)
+			}
+			free[ref] = true
+		}
+		for _, pn := range c.pages {
+			p := &sl.pages[pn]
+			if p.class != cls || p.size != c.size || len(p.owner) != c.perPage {
+				t.Errorf("page %d in class %d says class %d size %d with %d chunks", pn, cls, p.class, p.size, len(p.owner))
+			}
+			pageUsed := 0
+			for idx, o := range p.owner {
+				ref := pn<<refChunkBits | uint32(idx)
+				switch {
+				case o == 0 && !free[ref] && !p.draining:
+					t.Errorf("class %d: chunk %d neither free nor in use", cls, ref)
+				case o != 0 && free[ref]:
+					t.Errorf("class %d: chunk %d free and in use", cls, ref)
+				case o != 0 && int(o&ownerShard) != owned[ref]:
+					t.Errorf("class %d: chunk %d owned by shard %d, used by shard %d", cls, ref, int(o&ownerShard)-1, owned[ref]-1)
+				}
+				if o != 0 {
+					pageUsed++
+					delete(owned, ref)
+				}
+			}
+			if pageUsed != p.used {
+				t.Errorf("page %d: %d chunks in use, counted %d", pn, pageUsed, p.used)
+			}
+			used += pageUsed
+		}
+		if used != c.used {
+			t.Errorf("class %d: %d chunks in use, counted %d", cls, used, c.used)
+		}
+	}
+	if len(owned) != 0 {
+		t.Errorf("%d chunks used by items are marked free", len(owned))
 	}
 }

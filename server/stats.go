@@ -22,6 +22,9 @@ type counters struct {
 	currConns, totalConns, rejectedConns        atomic.Int64
 	udpRequests, udpDropped                     atomic.Uint64
 	kernelErrors                                atomic.Uint64
+	// sizesEnabled is memcached's track_sizes, switched by "stats sizes_enable|disable"; not a
+	// counter, so stats reset leaves it.
+	sizesEnabled atomic.Bool
 }
 
 // reset zeroes what memcached's `stats reset` zeroes (not gauges such as curr_connections).
@@ -115,6 +118,11 @@ func (s *Server) generalStats() []stat {
 		{"evicted_unfetched", u64(cs.EvictedUnfetched)},
 		{"evictions", u64(cs.Evictions)},
 		{"reclaimed", u64(cs.Reclaimed)},
+		{"slab_reassign_rescues", u64(cs.SlabReassignRescues)},
+		{"slab_reassign_evictions_nomem", u64(cs.SlabReassignEvictions)},
+		{"slabs_moved", u64(cs.SlabsMoved)},
+		{"slab_global_page_pool", u64(cs.SlabGlobalPagePool)},
+		{"hash_bytes", u64(cs.HashBytes)},
 		{"udp_requests", u64(st.udpRequests.Load())},
 		{"udp_dropped", u64(st.udpDropped.Load())},
 		{"kernel_get_hits", u64(ks.Hits)},
@@ -168,43 +176,74 @@ func (s *Server) settingsStats() []stat {
 	}
 }
 
-// itemsStats reports the store as one item class, as memcached reports each slab class in use.
+// itemsStats reports each size class holding items, with memcached's "stats items" fields that
+// the store keeps. Its LRU is not segmented, so the hot, warm and cold fields are absent.
 func (s *Server) itemsStats() []stat {
-	cs := s.store.Stats()
-	if cs.CurrItems == 0 {
-		return nil
-	}
-	return []stat{
-		{"items:1:number", u64(cs.CurrItems)},
-		{"items:1:evicted", u64(cs.Evictions)},
-		{"items:1:evicted_unfetched", u64(cs.EvictedUnfetched)},
-		{"items:1:expired_unfetched", u64(cs.ExpiredUnfetched)},
-		{"items:1:reclaimed", u64(cs.Reclaimed)},
-		{"items:1:outofmemory", u64(s.st.storeNoMemory.Load())},
-	}
-}
-
-// slabsStats reports what is meaningful without slabs: one class holding every item.
-func (s *Server) slabsStats() []stat {
-	cs := s.store.Stats()
-	active := "0"
 	var list []stat
-	if cs.CurrItems > 0 {
-		active = "1"
+	for _, c := range s.store.Classes() {
+		if c.Items == 0 {
+			continue
+		}
+		p := "items:" + strconv.Itoa(c.Class) + ":"
 		list = append(list,
-			stat{"1:chunk_size", i64(s.cfg.MaxItemSize)},
-			stat{"1:used_chunks", u64(cs.CurrItems)},
-			stat{"1:get_hits", u64(s.st.getHits.Load())},
-			stat{"1:cmd_set", u64(s.st.cmdSet.Load())},
-			stat{"1:delete_hits", u64(s.st.deleteHits.Load())},
-			stat{"1:incr_hits", u64(s.st.incrHits.Load())},
-			stat{"1:decr_hits", u64(s.st.decrHits.Load())},
-			stat{"1:cas_hits", u64(s.st.casHits.Load())},
-			stat{"1:cas_badval", u64(s.st.casBadval.Load())},
-			stat{"1:touch_hits", u64(s.st.touchHits.Load())},
+			stat{p + "number", u64(c.Items)},
+			stat{p + "age", i64(c.Age)},
+			stat{p + "mem_requested", u64(c.MemRequested)},
+			stat{p + "evicted", u64(c.Evicted)},
+			stat{p + "evicted_nonzero", u64(c.EvictedNonzero)},
+			stat{p + "evicted_time", i64(c.EvictedTime)},
+			stat{p + "outofmemory", u64(c.OutOfMemory)},
+			stat{p + "reclaimed", u64(c.Reclaimed)},
+			stat{p + "expired_unfetched", u64(c.ExpiredUnfetched)},
+			stat{p + "evicted_unfetched", u64(c.EvictedUnfetched)},
 		)
 	}
-	return append(list, stat{"active_slabs", active}, stat{"total_malloced", u64(cs.Bytes)})
+	return list
+}
+
+// slabsStats reports each size class that has pages, with memcached's "stats slabs" fields.
+// The store counts fetches, stores and deletes per class; incr, decr, cas and touch it cannot
+// tell apart from other changes, so those per-class fields are absent (the general stats have
+// them).
+func (s *Server) slabsStats() []stat {
+	var list []stat
+	active := 0
+	for _, c := range s.store.Classes() {
+		if c.TotalPages == 0 {
+			continue
+		}
+		active++
+		p := strconv.Itoa(c.Class) + ":"
+		list = append(list,
+			stat{p + "chunk_size", strconv.Itoa(c.ChunkSize)},
+			stat{p + "chunks_per_page", strconv.Itoa(c.ChunksPerPage)},
+			stat{p + "total_pages", strconv.Itoa(c.TotalPages)},
+			stat{p + "total_chunks", strconv.Itoa(c.TotalChunks)},
+			stat{p + "used_chunks", strconv.Itoa(c.UsedChunks)},
+			stat{p + "free_chunks", strconv.Itoa(c.FreeChunks)},
+			// Pages are cut into free chunks whole, so none wait at a page's end.
+			stat{p + "free_chunks_end", "0"},
+			stat{p + "get_hits", u64(c.GetHits)},
+			stat{p + "cmd_set", u64(c.CmdSet)},
+			stat{p + "delete_hits", u64(c.DeleteHits)},
+		)
+	}
+	cs := s.store.Stats()
+	return append(list, stat{"active_slabs", strconv.Itoa(active)}, stat{"total_malloced", u64(cs.TotalMalloced)})
+}
+
+// sizesStats is memcached's "stats sizes": the items held by size in 32-byte steps when
+// enabled ("stats sizes_enable", as memcached's -o track_sizes), else its disabled status. The
+// store walks its items to answer, so enabling costs nothing per store or delete.
+func (s *Server) sizesStats() []stat {
+	if !s.st.sizesEnabled.Load() {
+		return []stat{{"sizes_status", "disabled"}}
+	}
+	var list []stat
+	for _, sc := range s.store.Sizes() {
+		list = append(list, stat{strconv.Itoa(sc.Size), u64(sc.Count)})
+	}
+	return list
 }
 
 // stats runs "stats [<group>]".
@@ -225,7 +264,18 @@ func (c *session) stats() {
 	case "slabs":
 		list = c.s.slabsStats()
 	case "sizes":
-		list = []stat{{"sizes_status", "disabled"}}
+		list = c.s.sizesStats()
+	case "sizes_enable", "sizes_disable":
+		// memcached answers these with the status line alone, no END.
+		on := sub == "sizes_enable"
+		c.s.st.sizesEnabled.Store(on)
+		c.status = statusOK
+		if on {
+			c.reply("STAT sizes_status enabled")
+		} else {
+			c.reply("STAT sizes_status disabled")
+		}
+		return
 	case "conns":
 		list = nil
 	case "reset":

@@ -8,9 +8,10 @@ import (
 )
 
 // TestServeKernelHitsKeepHotKeysInStore runs serve -m 4 and keeps a key hot through the kernel
-// path only, while 100 KB sets push 2.5 x the memory limit through the store. The serve process's
+// path only, while small sets push several times the memory limit through the store. Eviction is
+// per size class, as in memcached, so the fill uses the hot key's class. The serve process's
 // maintenance pass records the kernel's fetches in the store once a second, so the hot key stays
-// at the front of the store's LRU and survives; a key written at the same time and never read is
+// at the front of its class's LRU and survives; a key written at the same time and never read is
 // evicted, which shows the pressure was there.
 func TestServeKernelHitsKeepHotKeysInStore(t *testing.T) {
 	r := newBareRig(t)
@@ -26,7 +27,6 @@ func TestServeKernelHitsKeepHotKeysInStore(t *testing.T) {
 	if got, _, err := g.do("get hot\r\n"); err != nil || got != "VALUE hot 0 5\r\nvalue\r\nEND\r\n" {
 		t.Fatalf("first udp get: %q %v", got, err)
 	}
-	filler := strings.Repeat("f", 100<<10)
 	kernelHits := 0
 	// At least 5 s (several maintenance passes) and until the store has evicted enough to show
 	// the pressure: on a busy machine fewer sets fit in 5 s. Bounded at 30 s.
@@ -36,9 +36,14 @@ func TestServeKernelHitsKeepHotKeysInStore(t *testing.T) {
 		if time.Since(start) >= 5*time.Second && i%10 == 0 && pressured() {
 			break
 		}
-		// ~2 MiB per second: the store turns over in ~2 s, twice the maintenance interval.
-		if got, err := tc.line(fmt.Sprintf("set fill:%d 0 0 %d\r\n%s\r\n", i, len(filler), filler)); err != nil || got != "STORED" {
-			t.Fatalf("set fill:%d: %q %v", i, got, err)
+		// 2000 items of the hot key's class (96-byte chunks, 43688 in -m 4) per pass, up to 20
+		// passes a second: the store turns over in ~2 s, twice the maintenance interval.
+		var fill strings.Builder
+		for j := range 2000 {
+			fmt.Fprintf(&fill, "set fill:%d:%d 0 0 5 noreply\r\nvalue\r\n", i, j)
+		}
+		if got, err := tc.line(fill.String() + "mn\r\n"); err != nil || got != "MN" {
+			t.Fatalf("fill pass %d: %q %v", i, got, err)
 		}
 		if got, kernel, err := g.do("get hot\r\n"); err == nil && got == "VALUE hot 0 5\r\nvalue\r\nEND\r\n" && kernel {
 			kernelHits++
