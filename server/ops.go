@@ -379,7 +379,10 @@ func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 			res.item = cache.Item{Value: []byte{}, Exptime: r.vivifyExptime, LastAccess: res.now}
 			return &cache.Item{Value: []byte{}, Exptime: r.vivifyExptime, WinIssued: true}, cache.Replace
 		}
+		// A copy of the value: cur.Value is the store's memory, valid only until Do returns,
+		// and the reply is formatted after.
 		res.hit, res.item = true, *cur
+		res.item.Value = append([]byte(nil), cur.Value...)
 		op := cache.Keep
 		if r.recache && !r.recacheAfterTouch && !cur.WinIssued && cur.Exptime != 0 && cur.Exptime < r.recacheBefore {
 			res.won = true
@@ -430,6 +433,7 @@ func (s *Server) peek(key []byte) (cache.Item, bool) {
 	_, _ = s.store.Do(str(key), func(cur *cache.Item) (*cache.Item, cache.Op) {
 		if cur != nil {
 			it, found = *cur, true
+			it.Value = append([]byte(nil), cur.Value...) // cur.Value outlives Do only as a copy
 		}
 		return nil, cache.Keep
 	})
