@@ -32,15 +32,18 @@ func (s *Store) Reassign(src, dst int) error {
 	}
 	sl.mu.Lock()
 	if src == -1 {
-		most := 0
+		// As memcached: the class with the most pages among those with one to spare; none
+		// leaves src -1, a bad class.
+		most := 1
 		for cls := 1; cls < len(sl.classes); cls++ {
 			if cls != dst && len(sl.classes[cls].pages) > most {
 				src, most = cls, len(sl.classes[cls].pages)
 			}
 		}
 	}
-	bad := src < 1 || src >= len(sl.classes) || dst < 0 || dst >= len(sl.classes)
-	spare := !bad && len(sl.classes[src].pages) >= 2
+	// Class 0 is the global page pool, which holds no pages here: never a source to spare one.
+	bad := src < 0 || src >= len(sl.classes) || dst < 0 || dst >= len(sl.classes)
+	spare := !bad && src > 0 && len(sl.classes[src].pages) >= 2
 	sl.mu.Unlock()
 	switch {
 	case bad:

@@ -394,7 +394,7 @@ func TestReassignErrors(t *testing.T) {
 		want     error
 	}{
 		{1, 1, ErrSameClass},
-		{0, 2, ErrBadClass},
+		{0, 2, ErrNoSpare}, // the global page pool, as memcached: a class, never with a page to spare
 		{1, 99, ErrBadClass},
 		{1, -2, ErrBadClass},
 		{1, 2, ErrNoSpare}, // no pages yet

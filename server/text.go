@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"errors"
 	"time"
 
 	"github.com/xdpcache/xdpcache/cache"
@@ -288,10 +289,9 @@ func (c *session) verbosity() {
 }
 
 // slabs runs memcached's "slabs automove <0|1|2>", "slabs automove ratio <ratio>" and "slabs
-// reassign <src> <dst>" with memcached 1.6.18's replies, token counts and number parsing. The
-// store has no slab pages to move, so the automove settings are checked and acknowledged without
-// effect, and a reassign between valid classes finds no spare page. The valid classes are the
-// ones stats slabs reports: 1, and 0 for memcached's global page pool.
+// reassign <src> <dst>" with memcached 1.6.18's replies, token counts and number parsing, on the
+// store's slab classes (cache.Store.SetAutomove, cache.Store.Reassign). The ratio is checked and
+// acknowledged: the store's automover has no ratio setting.
 func (c *session) slabs() {
 	t := &c.tok
 	ntokens := t.N + 1
@@ -327,29 +327,34 @@ func (c *session) slabsAutomove() {
 			c.reply("ERROR")
 			return
 		}
+		c.s.store.SetAutomove(int(level))
 	}
 	c.status = statusOK
 	c.reply("OK")
 }
 
-// slabClasses is the largest class id slabsReassign accepts: the one class stats slabs reports.
-const slabClasses = 1
-
 func (c *session) slabsReassign() {
 	t := &c.tok
 	src, ok1 := protocol.ParseInt32(t.Tok(2))
 	dst, ok2 := protocol.ParseInt32(t.Tok(3))
-	switch {
-	case !ok1 || !ok2:
+	if !ok1 || !ok2 {
 		c.clientError(badFormat)
-	case src == dst:
+		return
+	}
+	switch err := c.s.store.Reassign(int(src), int(dst)); {
+	case err == nil:
+		c.status = statusOK
+		c.reply("OK")
+	case errors.Is(err, cache.ErrSameClass):
 		c.clientError("SAME src and dst class are identical")
-	// src -1 asks memcached to pick a class with a spare page; there is none, so it stays -1.
-	case src < 0 || src > slabClasses || dst < 0 || dst > slabClasses:
+	case errors.Is(err, cache.ErrBadClass):
 		c.clientError("BADCLASS invalid src or dst class id")
-	default:
+	case errors.Is(err, cache.ErrNoSpare):
 		c.status = statusServerError
 		c.reply("NOSPARE source class has no spare pages")
+	default: // cache.ErrBusy
+		c.status = statusServerError
+		c.reply("BUSY try again later")
 	}
 }
 
