@@ -27,6 +27,7 @@ var floors = map[string]int{
 	"loadgen/workload":        0,
 	"internal/netns":          0,
 	"internal/testenv":        0,
+	"internal/health":         0,
 	"internal/packet":         1,
 	"bpf":                     1,
 	"server":                  1,

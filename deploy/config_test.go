@@ -464,6 +464,14 @@ func TestDaemonSet(t *testing.T) {
 	if !found {
 		t.Errorf("no container port named metrics on %s", port)
 	}
+	// Probes: readiness on /readyz, liveness on /healthz, both on the metrics port.
+	for probe, path := range map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
+		gotPath, _ := dig(c, probe, "httpGet", "path")
+		gotPort, _ := dig(c, probe, "httpGet", "port")
+		if toString(gotPath) != path || (toString(gotPort) != "metrics" && toString(gotPort) != port) {
+			t.Errorf("%s: httpGet %v on port %v, want %s on the metrics port %s", probe, gotPath, gotPort, path, port)
+		}
+	}
 	// Kubernetes kills after the grace period; serve must finish its own drain first.
 	grace, _ := dig(pod, "terminationGracePeriodSeconds")
 	g, _ := strconv.Atoi(toString(grace))
@@ -892,6 +900,17 @@ func TestSystemdUnit(t *testing.T) {
 		if flagValue(args, f) == "" {
 			t.Errorf("ExecStart has no %s value", f)
 		}
+	}
+	// Started means ready: ExecStartPost waits for /readyz on the address serve serves it on.
+	post := svc["ExecStartPost"]
+	if len(post) != 1 {
+		t.Fatalf("ExecStartPost %q: want one, xdpcache ready", post)
+	}
+	pf := strings.Fields(post[0])
+	if len(pf) < 2 || filepath.Base(pf[0]) != "xdpcache" || pf[1] != "ready" {
+		t.Errorf("ExecStartPost %q: want xdpcache ready ...", post[0])
+	} else if got, want := flagValue(pf[2:], "--metrics-addr"), flagValue(args, "--metrics-addr"); got != want {
+		t.Errorf("ExecStartPost polls %q, serve's metrics are on %q", got, want)
 	}
 	stop := svc["TimeoutStopSec"]
 	if len(stop) != 1 {

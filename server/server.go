@@ -294,6 +294,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Serving returns how many TCP listeners and UDP sockets the server serves now: a Serve call
+// counts from the moment it is tracked until it returns. Both are 0 once Shutdown has begun.
+func (s *Server) Serving() (tcp, udp int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, 0
+	}
+	return len(s.listeners), len(s.udpConns)
+}
+
 func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/xdpcache/xdpcache/bpf"
+	"github.com/xdpcache/xdpcache/internal/health"
 	"github.com/xdpcache/xdpcache/server"
 )
 
@@ -132,10 +133,12 @@ func runServe(ctx context.Context, f serveFlags) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var kernel server.KernelCache
+	var kc *bpf.Cache
 	if f.xdpIface != "" {
-		kc, err := startKernelPath(f, allow, log.With(zap.String("component", "xdp")))
+		kc, err = startKernelPath(f, allow, log.With(zap.String("component", "xdp")))
 		if err != nil {
 			log.Error("kernel path off: the server runs without it", zap.Error(err))
+			kc = nil
 		} else {
 			defer kc.Close()
 			reg.MustRegister(kc.Collector())
@@ -196,16 +199,23 @@ func runServe(ctx context.Context, f serveFlags) error {
 		log.Info("serving UDP", zap.Stringer("addr", uc.LocalAddr()))
 		g.Go(func() error { return srv.ServeUDP(uc) })
 	}
+	var checks health.Checks
+	checks.Set("serving", servingCheck(srv, f.port != 0, f.udpPort != 0))
+	if f.xdpIface != "" {
+		checks.Set("kernel", kernelCheck(kc, f.xdpIface))
+	}
 	var metrics *http.Server
 	if f.metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+		checks.Register(mux)
 		metrics = &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", f.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("listen for metrics: %w", err)
 		}
-		log.Info("serving metrics", zap.String("url", "http://"+ln.Addr().String()+"/metrics"))
+		log.Info("serving metrics and probes", zap.String("url", "http://"+ln.Addr().String()+"/metrics"),
+			zap.String("ready", "http://"+ln.Addr().String()+"/readyz"))
 		g.Go(func() error {
 			if err := metrics.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
@@ -226,6 +236,36 @@ func runServe(ctx context.Context, f serveFlags) error {
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// servingCheck is ready while srv serves every transport asked for (tcp, udp).
+func servingCheck(srv *server.Server, tcp, udp bool) func() error {
+	return func() error {
+		nt, nu := srv.Serving()
+		switch {
+		case tcp && nt == 0 && udp && nu == 0:
+			return errors.New("not serving TCP or UDP")
+		case tcp && nt == 0:
+			return errors.New("not serving TCP")
+		case udp && nu == 0:
+			return errors.New("not serving UDP")
+		}
+		return nil
+	}
+}
+
+// kernelCheck is ready while the kernel path is attached to iface. It fails for good when the
+// load or attach failed: serve runs on without the kernel path, but not as configured.
+func kernelCheck(kc *bpf.Cache, iface string) func() error {
+	return func() error {
+		if kc == nil {
+			return fmt.Errorf("kernel path off: not attached to %s (the log says why)", iface)
+		}
+		if got, _ := kc.Attached(); got != iface {
+			return fmt.Errorf("kernel path not attached to %s", iface)
+		}
+		return nil
+	}
 }
 
 // startKernelPath loads the XDP program and attaches it, saying loudly when auto falls back to
