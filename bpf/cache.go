@@ -106,6 +106,10 @@ type Options struct {
 	// MaxAmplification caps a reply's UDP payload at this many times the request's; 0 means
 	// DefaultMaxAmplification. Over it, the request passes to the server.
 	MaxAmplification float64
+	// HitTimeSample is how many requests reaching a program share one timing for
+	// xdpcache_kernel_hit_duration_seconds: a power of two, 1 times every one; 0 means
+	// DefaultHitTimeSample.
+	HitTimeSample int
 }
 
 // DefaultMaxAmplification is the reply-to-request size cap (UDP payloads, the bandwidth
@@ -219,6 +223,7 @@ type Cache struct {
 	attachedTo    string    // interface of link
 	attachedMode  Mode      // mode of link
 	statsCloser   io.Closer
+	created       time.Time        // when the program's counters started
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }
 
@@ -241,6 +246,9 @@ func (o *Options) setDefaults() error {
 	if o.MaxAmplification == 0 {
 		o.MaxAmplification = DefaultMaxAmplification
 	}
+	if o.HitTimeSample == 0 {
+		o.HitTimeSample = DefaultHitTimeSample
+	}
 	if o.RatePerSource > 0 && o.Burst == 0 {
 		o.Burst = max(1, int(o.RatePerSource))
 	}
@@ -259,6 +267,8 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("%w: rate %v per source, want 0 to 1e9", ErrOptions, o.RatePerSource)
 	case o.Burst < 0 || o.Burst > 1<<20:
 		return fmt.Errorf("%w: burst %d", ErrOptions, o.Burst)
+	case o.HitTimeSample < 1 || o.HitTimeSample > 1<<20 || o.HitTimeSample&(o.HitTimeSample-1) != 0:
+		return fmt.Errorf("%w: hit time sample %d, want a power of two up to 2^20", ErrOptions, o.HitTimeSample)
 	}
 	for _, p := range o.AllowSources {
 		if !p.IsValid() {
@@ -309,6 +319,8 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		"cfg_max_amp_x16": uint32(min(math.Round(opts.MaxAmplification*16), math.MaxUint32)),
 		"cfg_interval_ns": interval,
 		"cfg_burst_ns":    burst,
+
+		"cfg_hit_time_mask": uint32(opts.HitTimeSample - 1),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -332,6 +344,7 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		indexMask:   uint32(indexSize - 1),
 		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
 		allowGen:    1,
+		created:     time.Now(),
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
