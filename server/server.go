@@ -122,8 +122,11 @@ type Server struct {
 
 	sessions sync.Pool
 
-	mu        sync.Mutex
-	closed    bool
+	mu     sync.Mutex
+	closed bool
+	// detaching is set from Detach until Attach: serving stops without closing (handover.go).
+	detaching bool
+	handed    *Sockets // what Detach collects
 	listeners map[net.Listener]struct{}
 	udpConns  map[*net.UDPConn]struct{}
 	conns     map[net.Conn]*tcpConn
@@ -237,11 +240,12 @@ func (h kernelHook) Flushed(deadline time.Time) {
 	}
 }
 
-// track registers a listener or connection for Shutdown; it fails once shut down.
+// track registers a listener or connection for Shutdown; it fails once shut down or while
+// detached.
 func (s *Server) track(add func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.detaching {
 		return false
 	}
 	add()
@@ -299,7 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Serving() (tcp, udp int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.detaching {
 		return 0, 0
 	}
 	return len(s.listeners), len(s.udpConns)
