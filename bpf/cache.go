@@ -440,7 +440,14 @@ func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
 
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
 // serve (a key with a space, \r or \n, or too long; a reply over one datagram) are ignored.
-func (c *Cache) Offer(it kernelcache.Item) error {
+func (c *Cache) Offer(it kernelcache.Item) error { return c.offer(it, true) }
+
+// Fill installs it as Offer does, but without the admission policy: for warming a new cache with
+// the items an old one held (a takeover). The caller holds the key's store lock, as for Offer.
+func (c *Cache) Fill(it kernelcache.Item) error { return c.offer(it, false) }
+
+// offer is Offer, or Fill when admit is false.
+func (c *Cache) offer(it kernelcache.Item, admit bool) error {
 	if !servableKey(it.Key) {
 		return nil
 	}
@@ -453,7 +460,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 	// Most offers of a busy server are refused (already current, or not admitted): decide that
 	// before encoding, which copies and sums the whole value. The admission decision is made
 	// once, here; what changed while encoding is checked again below.
-	if admitted, err := c.wantOffer(it, hash); !admitted || err != nil {
+	if admitted, err := c.wantOffer(it, hash, admit); !admitted || err != nil {
 		return err
 	}
 	enc := encode(it.Key, it.Flags, it.Value, it.CAS)
@@ -511,7 +518,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
 		v := c.victim()
-		if old == nil && c.unflushed(v) && !c.policy.prefer(hash, v.hash) {
+		if admit && old == nil && c.unflushed(v) && !c.policy.prefer(hash, v.hash) {
 			c.churn.RefusedVictim++
 			c.slabs.release(loc)
 			return nil // the victim is asked for at least as often: keep it
@@ -681,7 +688,7 @@ func (c *Cache) victim() *kentry {
 // wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
 // already holds this version, when another key holds its hash, or when the admission policy
 // refuses a new key.
-func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
+func (c *Cache) wantOffer(it kernelcache.Item, hash uint64, admit bool) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -693,7 +700,7 @@ func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
 	if c.byHash[hash] != nil {
 		return false, nil
 	}
-	if !c.policy.admit(hash) {
+	if admit && !c.policy.admit(hash) {
 		c.churn.RefusedFrequency++
 		return false, nil
 	}
