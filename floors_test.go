@@ -33,6 +33,7 @@ var floors = map[string]int{
 	"server":                  1,
 	"loadgen":                 1,
 	"internal/lab":            2,
+	"internal/takeover":       2,
 	"internal/lab/demo":       3,
 	"internal/lab/experiment": 3,
 }
