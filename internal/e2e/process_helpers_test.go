@@ -96,11 +96,15 @@ func (s *syncBuffer) String() string {
 // on) plus extra flags, and waits until it answers TCP and the program is attached.
 func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 	t.Helper()
-	args := append([]string{"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
+	return startServeIn(t, r.pair.Server, r.pair.ServerIf, r.serveReady, r.serveArgs(extra...)...)
+}
+
+// serveArgs are startServe's flags, extra last.
+func (r *rig) serveArgs(extra ...string) []string {
+	return append([]string{"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
 		"--xdp-iface", r.pair.ServerIf, "--xdp-mode", "native", "--mark-kernel-replies", strconv.Itoa(testDSCP),
 		"--admission", "always", "--metrics-addr", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort),
 		"--log-format", "json"}, extra...)
-	return startServeIn(t, r.pair.Server, r.pair.ServerIf, r.serveReady, args...)
 }
 
 // startServeIn runs `xdpcache serve args...` inside ns and waits until ready reports true and, when
