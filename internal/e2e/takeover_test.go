@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -383,5 +384,86 @@ func TestTakeoverUnderLoad(t *testing.T) {
 	}
 	if err := syscall.Kill(old.cmd.Process.Pid, 0); err != unix.ESRCH {
 		t.Errorf("the old serve (pid %d) still exists: %v", old.cmd.Process.Pid, err)
+	}
+}
+
+// TestTakeoverOnSIGHUP: SIGHUP makes serve start its own successor (the binary at its path, the
+// same flags plus --takeover), which takes over; the old process exits 0 and the successor
+// serves the items and the kernel path.
+func TestTakeoverOnSIGHUP(t *testing.T) {
+	testenv.RequireRoot(t)
+	r := newBareRig(t)
+	// Output to a file: the successor inherits it, and a pipe would keep Wait waiting for it.
+	logf, err := os.CreateTemp(t.TempDir(), "serve-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve"}, r.serveArgs()...)
+	old := exec.Command("ip", args...)
+	old.Stdout, old.Stderr = logf, logf
+	if err := testenv.StartChild(old); err != nil {
+		t.Fatal(err)
+	}
+	oldDone := make(chan error, 1)
+	go func() { oldDone <- old.Wait() }()
+	var successor int
+	t.Cleanup(func() {
+		old.Process.Kill()
+		if successor != 0 {
+			// Not our child (the old serve started it): kill it by pid, and wait until it is gone.
+			syscall.Kill(successor, syscall.SIGKILL)
+			for range 100 {
+				if syscall.Kill(successor, 0) == unix.ESRCH {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("serve output:\n%s", tail(string(b), 4096))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for !r.serveReady() || !r.xdpAttached(t) {
+		if time.Now().After(deadline) {
+			t.Fatal("serve not ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctl := r.dialText(t)
+	if got, err := ctl.line("set hup 3 0 2\r\nhi\r\n"); err != nil || got != "STORED" {
+		t.Fatalf("set: %q %v", got, err)
+	}
+	if err := old.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-oldDone:
+		if err != nil {
+			t.Fatalf("the old serve exited with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old serve still runs 30 s after SIGHUP")
+	}
+	b, _ := os.ReadFile(logf.Name())
+	for _, l := range strings.Split(string(b), "\n") {
+		if i := strings.Index(l, `"msg":"handed over: the new process serves","pid":`); i >= 0 {
+			fmt.Sscanf(l[i+len(`"msg":"handed over: the new process serves","pid":`):], "%d", &successor)
+		}
+	}
+	if successor == 0 {
+		t.Fatalf("no successor pid in the log:\n%s", tail(string(b), 2048))
+	}
+	if syscall.Kill(successor, 0) != nil {
+		t.Fatalf("the successor %d does not run", successor)
+	}
+	// The open connection is the successor's now, and it has the item.
+	if got, err := ctl.line("get hup\r\n"); err != nil || got != "VALUE hup 3 2" {
+		t.Errorf("get after the SIGHUP takeover: %q %v", got, err)
+	}
+	if !r.xdpAttached(t) {
+		t.Error("no XDP program attached after the SIGHUP takeover")
 	}
 }
