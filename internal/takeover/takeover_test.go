@@ -27,6 +27,14 @@ type node struct {
 
 func startNode(t *testing.T) *node {
 	t.Helper()
+	n := startNodeB(t)
+	t.Cleanup(func() { n.stop(t) })
+	return n
+}
+
+// startNodeB starts a node the caller stops (shutdown).
+func startNodeB(t testing.TB) *node {
+	t.Helper()
 	srv, err := server.New(server.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -42,19 +50,30 @@ func startNode(t *testing.T) *node {
 	n := &node{srv: srv, tcpAddr: ln.Addr().String(), udpAddr: uc.LocalAddr().String(), errs: make(chan error, 16)}
 	n.run(func() error { return srv.ServeTCP(ln) })
 	n.run(func() error { return srv.ServeUDP(uc) })
-	t.Cleanup(func() { n.stop(t) })
 	return n
 }
 
 func newNode(t *testing.T) *node {
 	t.Helper()
+	n := newNodeB(t)
+	t.Cleanup(func() { n.stop(t) })
+	return n
+}
+
+// newNodeB makes a node serving nothing yet, which the caller stops (shutdown).
+func newNodeB(t testing.TB) *node {
+	t.Helper()
 	srv, err := server.New(server.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{srv: srv, errs: make(chan error, 16)}
-	t.Cleanup(func() { n.stop(t) })
-	return n
+	return &node{srv: srv, errs: make(chan error, 16)}
+}
+
+func (n *node) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = n.srv.Shutdown(ctx)
 }
 
 func (n *node) run(f func() error) {
@@ -80,7 +99,9 @@ func (n *node) stop(t *testing.T) {
 	}
 }
 
-func identity(n *node) Identity {
+func identity(n *node) Identity { return identityB(n) }
+
+func identityB(n *node) Identity {
 	_, p, _ := net.SplitHostPort(n.tcpAddr)
 	port, _ := strconv.Atoi(p)
 	return Identity{Listen: "127.0.0.1", TCPPort: port, UDPPort: port}
