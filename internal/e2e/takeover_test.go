@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
@@ -290,34 +291,7 @@ func TestTakeoverUnderLoad(t *testing.T) {
 
 	// The upgrade: same flags plus --takeover.
 	switchStart := time.Now()
-	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve"}, r.serveArgs("--takeover")...)
-	next := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
-	next.cmd.Stdout, next.cmd.Stderr = next.log, next.log
-	if err := testenv.StartChild(next.cmd); err != nil {
-		t.Fatalf("start serve --takeover: %v", err)
-	}
-	go func() { next.err = next.cmd.Wait(); close(next.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-next.done:
-		default:
-			next.cmd.Process.Kill()
-			<-next.done
-		}
-		if t.Failed() {
-			t.Logf("new serve output:\n%s", tail(next.log.String(), 4096))
-		}
-	})
-	select {
-	case <-old.done:
-		if old.err != nil {
-			t.Fatalf("the old serve exited with %v:\n%s", old.err, tail(old.log.String(), 2048))
-		}
-	case <-next.done:
-		t.Fatalf("serve --takeover exited: %v\n%s", next.err, tail(next.log.String(), 4096))
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the old serve still runs 30 s after serve --takeover started:\n%s\n%s", tail(old.log.String(), 2048), tail(next.log.String(), 2048))
-	}
+	next := r.startTakeover(t, old)
 	switched := time.Now()
 	t.Logf("old serve exited %v after the new one started", switched.Sub(switchStart))
 	time.Sleep(1500 * time.Millisecond)
@@ -465,5 +439,81 @@ func TestTakeoverOnSIGHUP(t *testing.T) {
 	}
 	if !r.xdpAttached(t) {
 		t.Error("no XDP program attached after the SIGHUP takeover")
+	}
+}
+
+// startTakeover starts `serve --takeover` with r's flags and waits until old has exited 0.
+func (r *rig) startTakeover(t *testing.T, old *serveProc) *serveProc {
+	t.Helper()
+	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve"}, r.serveArgs("--takeover")...)
+	next := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
+	next.cmd.Stdout, next.cmd.Stderr = next.log, next.log
+	if err := testenv.StartChild(next.cmd); err != nil {
+		t.Fatalf("start serve --takeover: %v", err)
+	}
+	go func() { next.err = next.cmd.Wait(); close(next.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-next.done:
+		default:
+			next.cmd.Process.Kill()
+			<-next.done
+		}
+		if t.Failed() {
+			t.Logf("new serve output:\n%s", tail(next.log.String(), 4096))
+		}
+	})
+	select {
+	case <-old.done:
+		if old.err != nil {
+			t.Fatalf("the old serve exited with %v:\n%s", old.err, tail(old.log.String(), 2048))
+		}
+	case <-next.done:
+		t.Fatalf("serve --takeover exited: %v\n%s", next.err, tail(next.log.String(), 4096))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the old serve still runs 30 s after serve --takeover started")
+	}
+	return next
+}
+
+// TestLinearizableAcrossTakeover records the linearizability workload (UDP reads answered by the
+// kernel or the server, TCP writes, cas, incr, deletes on a few keys) while serve is upgraded
+// in place twice: every reply must fit one sequential memcached, so no write racing a switch
+// is lost or served stale, by the kernel or by either server.
+func TestLinearizableAcrossTakeover(t *testing.T) {
+	testenv.RequireRoot(t)
+	r := newBareRig(t)
+	p := r.startServe(t)
+	type recorded struct {
+		h  []porcupine.Operation
+		st linStats
+	}
+	done := make(chan recorded, 1)
+	want := linOps(t, 80_000)
+	go func() {
+		h, st := recordHistory(t, r, want, 40*time.Second)
+		done <- recorded{h, st}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	p = r.startTakeover(t, p)
+	time.Sleep(300 * time.Millisecond)
+	r.startTakeover(t, p)
+	select {
+	case <-done:
+		t.Fatal("the history was complete before the second takeover: raise XDPCACHE_LIN_OPS")
+	default:
+	}
+	rec := <-done
+	st := rec.st
+	t.Logf("%d operations: %d UDP reads (%d answered by the kernel, %d lost), %d TCP operations",
+		len(rec.h), st.udpReads, st.kernelReads, st.udpTimeouts, st.tcpOps)
+	if len(rec.h) < want*9/10 {
+		t.Fatalf("recorded %d operations, want at least %d", len(rec.h), want*9/10)
+	}
+	if st.kernelReads < st.udpReads/10 {
+		t.Fatalf("the kernel answered %d of %d UDP reads: too few to test the kernel path", st.kernelReads, st.udpReads)
+	}
+	if res := checkHistory(t, rec.h); res != porcupine.Ok {
+		t.Fatalf("history of %d operations across two takeovers is %s, want Ok", len(rec.h), res)
 	}
 }
