@@ -97,21 +97,8 @@ func (s *Server) Detach(ctx context.Context) (*Sockets, error) {
 	}
 	s.mu.Unlock()
 
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for nc := range s.conns {
-			_ = nc.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		errs = append(errs, fmt.Errorf("detach connections: %w", ctx.Err()))
+	if err := s.waitOrClose(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("detach connections: %w", err))
 	}
 	s.mu.Lock()
 	sk := s.handed

@@ -273,21 +273,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for nc := range s.conns {
-			_ = nc.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		errs = append(errs, ctx.Err())
+	if err := s.waitOrClose(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if s.up != nil {
 		// After the connections: none is waiting on an upstream any more.
@@ -296,6 +283,28 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// waitOrClose waits until every Serve call and connection has returned, or until ctx ends: then
+// it closes the connections still open, waits for them, and returns ctx's error.
+func (s *Server) waitOrClose(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for nc := range s.conns {
+			_ = nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
 }
 
 // Serving returns how many TCP listeners and UDP sockets the server serves now: a Serve call

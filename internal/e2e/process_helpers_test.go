@@ -112,25 +112,7 @@ func (r *rig) serveArgs(extra ...string) []string {
 // test ends, or with the test process.
 func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, args ...string) *serveProc {
 	t.Helper()
-	args = append([]string{"netns", "exec", ns.Name, xdpcacheBinary(t), "serve"}, args...)
-	// `ip netns exec` execs the command in place: the PID is serve's own, so Kill reaches it.
-	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := testenv.StartChild(p.cmd); err != nil {
-		t.Fatalf("start serve: %v", err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("serve output:\n%s", tail(p.log.String(), 4096))
-		}
-	})
+	p := spawnServe(t, ns, args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		select {
@@ -152,6 +134,31 @@ func startServeIn(t *testing.T, ns *netns.NS, iface string, ready func() bool, a
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// spawnServe starts `xdpcache serve args...` inside ns, killed when the test ends.
+func spawnServe(t *testing.T, ns *netns.NS, args ...string) *serveProc {
+	t.Helper()
+	args = append([]string{"netns", "exec", ns.Name, xdpcacheBinary(t), "serve"}, args...)
+	// `ip netns exec` execs the command in place: the PID is serve's own, so Kill reaches it.
+	p := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := testenv.StartChild(p.cmd); err != nil {
+		t.Fatalf("start serve: %v", err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("serve %v output:\n%s", args[4:], tail(p.log.String(), 4096))
+		}
+	})
+	return p
 }
 
 // serveReady reports whether the server answers `version` over TCP from the client namespace.

@@ -445,24 +445,7 @@ func TestTakeoverOnSIGHUP(t *testing.T) {
 // startTakeover starts `serve --takeover` with r's flags and waits until old has exited 0.
 func (r *rig) startTakeover(t *testing.T, old *serveProc) *serveProc {
 	t.Helper()
-	args := append([]string{"netns", "exec", r.pair.Server.Name, xdpcacheBinary(t), "serve"}, r.serveArgs("--takeover")...)
-	next := &serveProc{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{})}
-	next.cmd.Stdout, next.cmd.Stderr = next.log, next.log
-	if err := testenv.StartChild(next.cmd); err != nil {
-		t.Fatalf("start serve --takeover: %v", err)
-	}
-	go func() { next.err = next.cmd.Wait(); close(next.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-next.done:
-		default:
-			next.cmd.Process.Kill()
-			<-next.done
-		}
-		if t.Failed() {
-			t.Logf("new serve output:\n%s", tail(next.log.String(), 4096))
-		}
-	})
+	next := spawnServe(t, r.pair.Server, r.serveArgs("--takeover")...)
 	select {
 	case <-old.done:
 		if old.err != nil {
