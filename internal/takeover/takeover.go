@@ -11,12 +11,13 @@
 // store's last-access seconds tell it), fills its own kernel cache with the keys the old one
 // held, replaces the program on the running links with its own (so the interface never goes
 // without one, and the kernel answers hits throughout, from the old maps and then from the
-// new), starts serving the sockets and connections, and says it is done. Requests arriving
-// meanwhile wait in the sockets' queues.
+// new), and says it is ready; the old process answers with the go-ahead, its commit point:
+// it will not serve again. Only then does the new one serve the sockets and connections.
+// Requests arriving meanwhile wait in the sockets' queues.
 //
-// If anything fails before the new process has said it is done, the old process puts its own
-// programs back on the links, serves its sockets again, and Serve reports why; the new process
-// exits with the reason. Nothing here logs: errors carry the reasons.
+// If anything fails before the commit, the old process puts its own programs back on the links,
+// serves its sockets again, and Serve reports why; the new process, without the go-ahead, does
+// not serve and exits with the reason: never both. Nothing here logs: errors carry the reasons.
 package takeover
 
 import (
@@ -288,6 +289,11 @@ func give(c *net.UnixConn, g Giver) (h *Handed, err error) {
 	if !d.OK {
 		return nil, fmt.Errorf("the new process (pid %d) failed: %s", hi.PID, d.Error)
 	}
+	// The commit point: once the new process may serve, this one never serves again. A write
+	// that fails means the new process is gone and will not read it: serve again.
+	if err := writeFrame(c, kindCommit, nil); err != nil {
+		return nil, fmt.Errorf("tell the new process (pid %d) to serve: %w", hi.PID, err)
+	}
 	_ = derr // connections closed at Detach are the only loss; the takeover stands
 	return &Handed{To: hi.PID, Items: nitems, Conns: len(sk.Conns), Kernel: nkeys}, nil
 }
@@ -361,6 +367,9 @@ type Taker struct {
 	Attach func() error
 	// Run runs a Serve call of Server.Attach (errgroup.Group.Go).
 	Run func(func() error)
+	// Ready, if not nil, is the last check before this process says it is ready to serve; an
+	// error aborts the takeover and the old process serves on.
+	Ready func() error
 }
 
 // Taken describes a takeover done: the process serves, the old one exits.
@@ -394,8 +403,9 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 		return nil, fmt.Errorf("take over: %w", err)
 	}
 	// From here on the old process waits, detached, for done: say why if anything fails.
+	saidDone := false
 	defer func() {
-		if err != nil {
+		if err != nil && !saidDone {
 			_ = writeJSON(c, kindDone, done{Error: err.Error()})
 		}
 	}()
@@ -491,19 +501,45 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 		}
 		t.Metrics = ln
 	}
+	// Ready: the old process commits (and never serves again) or serves on. Without its commit
+	// this process must not serve: both would, and the old one's kernel copy would go stale.
+	if err := ctx.Err(); err != nil {
+		closeTaken(sk, t)
+		return nil, err
+	}
+	if tk.Ready != nil {
+		if err := tk.Ready(); err != nil {
+			closeTaken(sk, t)
+			return nil, fmt.Errorf("not ready: %w", err)
+		}
+	}
+	saidDone = true
+	if err := writeJSON(c, kindDone, done{OK: true}); err != nil {
+		closeTaken(sk, t)
+		return nil, fmt.Errorf("tell the old process (pid %d) this one is ready: %w", o.PID, err)
+	}
+	if kind, _, err := readFrame(c, 0); err != nil || kind != kindCommit {
+		closeTaken(sk, t)
+		return nil, fmt.Errorf("no go-ahead from the old process (pid %d), which serves on: frame %q, %v", o.PID, kind, err)
+	}
 	if err := tk.Server.Attach(sk, tk.Run); err != nil {
 		return nil, fmt.Errorf("serve the sockets: %w", err)
-	}
-	if err := writeJSON(c, kindDone, done{OK: true}); err != nil {
-		// Everything is ours already; the old process, if it still runs, will find its links
-		// gone to us. Nothing to undo here.
-		return t, nil
 	}
 	// Wait for the old process to close the connection, so that it has closed its copies.
 	_ = c.SetReadDeadline(time.Now().Add(doneTimeout))
 	var one [1]byte
 	_, _ = c.Read(one[:])
 	return t, nil
+}
+
+// closeTaken closes what a takeover that did not commit took: the sockets and the metrics
+// listener (the links stay with the Cache, whose owner closes it; the old process has put its
+// programs back on them).
+func closeTaken(sk *server.Sockets, t *Taken) {
+	_ = sk.Close()
+	if t.Metrics != nil {
+		_ = t.Metrics.Close()
+	}
 }
 
 // install stores a moved item with its CAS and access state and, if the old kernel cache held

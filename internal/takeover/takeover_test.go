@@ -250,8 +250,8 @@ func TestTakeover(t *testing.T) {
 }
 
 // TestTakeoverRefusedOrFailedKeepsServing: a process with other ports is refused before anything
-// moves; a process that fails after the sockets moved (here: its server is shut down) hands
-// everything back, and the old server serves on, open connections included.
+// moves; a process that fails after everything moved, before the commit, serves nothing, and the
+// old server serves on, open connections included.
 func TestTakeoverRefusedOrFailedKeepsServing(t *testing.T) {
 	old := startNode(t)
 	c := dial(t, old.tcpAddr)
@@ -284,12 +284,13 @@ func TestTakeoverRefusedOrFailedKeepsServing(t *testing.T) {
 		t.Errorf("old side's failure: %v", err)
 	}
 
-	dead := newNode(t)
-	sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-	_ = dead.srv.Shutdown(sctx)
-	scancel()
-	if _, err := Take(tctx, path, Taker{Server: dead.srv, Identity: identity(old), Run: dead.run}); err == nil {
-		t.Fatal("Take into a shut down server succeeded")
+	failing := newNode(t)
+	if _, err := Take(tctx, path, Taker{Server: failing.srv, Identity: identity(old), Run: failing.run,
+		Ready: func() error { return errors.New("injected failure") }}); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("Take that fails once everything moved: %v", err)
+	}
+	if tcp, udp := failing.srv.Serving(); tcp != 0 || udp != 0 {
+		t.Errorf("the process whose takeover failed serves %d TCP, %d UDP", tcp, udp)
 	}
 	if err := <-failures; !strings.Contains(err.Error(), "failed") {
 		t.Errorf("old side's failure: %v", err)

@@ -27,7 +27,8 @@ const (
 	kindKernelKeys byte = 'K' // old -> new: keys of the kernel cache, records of (u16 len, key)
 	kindItems      byte = 'I' // old -> new: items, records (see appendItem)
 	kindEnd        byte = 'E' // old -> new: nothing more
-	kindDone       byte = 'D' // new -> old: result (JSON)
+	kindDone       byte = 'D' // new -> old: ready to serve, or why not (JSON)
+	kindCommit     byte = 'C' // old -> new: serve; the old process will not serve again
 )
 
 // maxFrame bounds a frame's payload: a batch of items, or one item of up to 1 MiB and its key
