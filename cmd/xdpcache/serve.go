@@ -122,6 +122,11 @@ itself, the same binary path with the same flags plus --takeover. docs/OPERATION
 }
 
 func runServe(ctx context.Context, f serveFlags) error {
+	// SIGHUP starts a successor (below); caught from the start, so that one sent while serve
+	// starts up waits for it instead of killing it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log, err := newLogger(f.logLevel, f.logFmt)
 	if err != nil {
 		return err
@@ -304,9 +309,6 @@ func runServe(ctx context.Context, f serveFlags) error {
 		}
 		return errHandedOver
 	})
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	g.Go(func() error {
 		for {
 			select {
