@@ -27,11 +27,13 @@ var floors = map[string]int{
 	"loadgen/workload":        0,
 	"internal/netns":          0,
 	"internal/testenv":        0,
+	"internal/health":         0,
 	"internal/packet":         1,
 	"bpf":                     1,
 	"server":                  1,
 	"loadgen":                 1,
 	"internal/lab":            2,
+	"internal/takeover":       2,
 	"internal/lab/demo":       3,
 	"internal/lab/experiment": 3,
 }

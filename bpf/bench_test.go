@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"flag"
 	"fmt"
 	"runtime"
 	"strings"
@@ -25,13 +26,18 @@ type benchPrograms struct {
 	c                    *Cache
 }
 
+// benchHitTimeSample is Options.HitTimeSample for the benchmarks: 1 times every hit, to see what
+// timing costs against the default sample.
+var benchHitTimeSample = flag.Int("hit-time-sample", 0, "Options.HitTimeSample of the benchmarked cache (0: the default)")
+
 func loadBench(b *testing.B) *benchPrograms {
 	b.Helper()
 	spec, err := loadXdpcacheBench()
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := newCache(Options{MaxEntries: 1024, MaxBytes: 4 << 20, Admission: AdmitAlways, AllowSources: testClients}, spec)
+	c, err := newCache(Options{MaxEntries: 1024, MaxBytes: 4 << 20, Admission: AdmitAlways, AllowSources: testClients,
+		HitTimeSample: *benchHitTimeSample}, spec)
 	if err != nil {
 		b.Fatal(err)
 	}

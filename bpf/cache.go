@@ -106,6 +106,10 @@ type Options struct {
 	// MaxAmplification caps a reply's UDP payload at this many times the request's; 0 means
 	// DefaultMaxAmplification. Over it, the request passes to the server.
 	MaxAmplification float64
+	// HitTimeSample is how many requests reaching a program share one timing for
+	// xdpcache_kernel_hit_duration_seconds: a power of two, 1 times every one; 0 means
+	// DefaultHitTimeSample.
+	HitTimeSample int
 }
 
 // DefaultMaxAmplification is the reply-to-request size cap (UDP payloads, the bandwidth
@@ -221,6 +225,7 @@ type Cache struct {
 	attachedTo    string    // interface of link
 	attachedMode  Mode      // mode of link
 	statsCloser   io.Closer
+	created       time.Time        // when the program's counters started
 	rest          *ebpf.Collection // objects of the spec the Cache does not use itself
 }
 
@@ -243,6 +248,9 @@ func (o *Options) setDefaults() error {
 	if o.MaxAmplification == 0 {
 		o.MaxAmplification = DefaultMaxAmplification
 	}
+	if o.HitTimeSample == 0 {
+		o.HitTimeSample = DefaultHitTimeSample
+	}
 	if o.RatePerSource > 0 && o.Burst == 0 {
 		o.Burst = max(1, int(o.RatePerSource))
 	}
@@ -261,6 +269,8 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("%w: rate %v per source, want 0 to 1e9", ErrOptions, o.RatePerSource)
 	case o.Burst < 0 || o.Burst > 1<<20:
 		return fmt.Errorf("%w: burst %d", ErrOptions, o.Burst)
+	case o.HitTimeSample < 1 || o.HitTimeSample > 1<<20 || o.HitTimeSample&(o.HitTimeSample-1) != 0:
+		return fmt.Errorf("%w: hit time sample %d, want a power of two up to 2^20", ErrOptions, o.HitTimeSample)
 	}
 	for _, p := range o.AllowSources {
 		if !p.IsValid() {
@@ -311,6 +321,8 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		"cfg_max_amp_x16": uint32(min(math.Round(opts.MaxAmplification*16), math.MaxUint32)),
 		"cfg_interval_ns": interval,
 		"cfg_burst_ns":    burst,
+
+		"cfg_hit_time_mask": uint32(opts.HitTimeSample - 1),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -334,6 +346,7 @@ func newCache(opts Options, spec *ebpf.CollectionSpec) (*Cache, error) {
 		indexMask:   uint32(indexSize - 1),
 		maxReply:    min(protocol.MaxDatagram, opts.MTU-20-8),
 		allowGen:    1,
+		created:     time.Now(),
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -429,7 +442,14 @@ func (c *Cache) slotsOf(h uint64) (uint32, uint32) {
 
 // Offer applies the admission policy and may copy it into the kernel. Items the program cannot
 // serve (a key with a space, \r or \n, or too long; a reply over one datagram) are ignored.
-func (c *Cache) Offer(it kernelcache.Item) error {
+func (c *Cache) Offer(it kernelcache.Item) error { return c.offer(it, true) }
+
+// Fill installs it as Offer does, but without the admission policy: for warming a new cache with
+// the items an old one held (a takeover). The caller holds the key's store lock, as for Offer.
+func (c *Cache) Fill(it kernelcache.Item) error { return c.offer(it, false) }
+
+// offer is Offer, or Fill when admit is false.
+func (c *Cache) offer(it kernelcache.Item, admit bool) error {
 	if !servableKey(it.Key) {
 		return nil
 	}
@@ -442,7 +462,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 	// Most offers of a busy server are refused (already current, or not admitted): decide that
 	// before encoding, which copies and sums the whole value. The admission decision is made
 	// once, here; what changed while encoding is checked again below.
-	if admitted, err := c.wantOffer(it, hash); !admitted || err != nil {
+	if admitted, err := c.wantOffer(it, hash, admit); !admitted || err != nil {
 		return err
 	}
 	enc := encode(it.Key, it.Flags, it.Value, it.CAS)
@@ -500,7 +520,7 @@ func (c *Cache) Offer(it kernelcache.Item) error {
 	}
 	for len(c.ring) > 0 && (c.used+cost > c.opts.MaxBytes || len(c.ring) >= c.opts.MaxEntries) {
 		v := c.victim()
-		if old == nil && c.unflushed(v) && !c.policy.prefer(hash, v.hash) {
+		if admit && old == nil && c.unflushed(v) && !c.policy.prefer(hash, v.hash) {
 			c.churn.RefusedVictim++
 			c.slabs.release(loc)
 			return nil // the victim is asked for at least as often: keep it
@@ -671,7 +691,7 @@ func (c *Cache) victim() *kentry {
 // wantOffer reports whether an offer of it should be encoded and installed: not when the kernel
 // already holds this version, when another key holds its hash, or when the admission policy
 // refuses a new key.
-func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
+func (c *Cache) wantOffer(it kernelcache.Item, hash uint64, admit bool) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -683,7 +703,7 @@ func (c *Cache) wantOffer(it kernelcache.Item, hash uint64) (bool, error) {
 	if c.byHash[hash] != nil {
 		return false, nil
 	}
-	if !c.policy.admit(hash) {
+	if admit && !c.policy.admit(hash) {
 		c.churn.RefusedFrequency++
 		return false, nil
 	}

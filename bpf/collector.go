@@ -131,7 +131,7 @@ func (o offCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *Cache) Collector() prometheus.Collector { return collector{c} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descTCHits, descTCRequests, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descFillsSkipped, descEvictions, descRefused, descAttached} {
+	for _, d := range []*prometheus.Desc{descHits, descRequests, descBytes, descTCHits, descTCRequests, descPasses, descRunSeconds, descRuns, descEntries, descCacheBytes, descFills, descFillsSkipped, descEvictions, descRefused, descAttached, descHitTime} {
 		ch <- d
 	}
 }
@@ -154,6 +154,17 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTCRequests, prometheus.CounterValue, float64(counts[xdpcacheCounterCNT_TC_REQUESTS]))
 	for idx, name := range passReasons {
 		ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(counts[idx]), name)
+	}
+	if hts, err := k.c.HitTimes(); err == nil {
+		for _, name := range hitTimePrograms {
+			if m, err := newHitTimeMetric(name, hts[name], k.c.created); err == nil {
+				ch <- m
+			} else {
+				ch <- prometheus.NewInvalidMetric(descHitTime, err)
+			}
+		}
+	} else {
+		ch <- prometheus.NewInvalidMetric(descHitTime, err)
 	}
 	if st, err := k.c.objs.XdpCache.Stats(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descRunSeconds, prometheus.CounterValue, st.Runtime.Seconds())

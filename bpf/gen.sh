@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 cc=${CLANG:-clang-19}
 cflags="-O2 -g -Wall -Werror -idirafter /usr/include/x86_64-linux-gnu"
 export GOPACKAGE=bpf
-go tool bpf2go -cc "$cc" -target bpfel -type entry_hdr -type index_slot -type counter -type counter_set -type allow_key xdpcache c/cache.c -- $cflags
+go tool bpf2go -cc "$cc" -target bpfel -type entry_hdr -type index_slot -type counter -type counter_set -type allow_key -type hit_time_hist -type hit_time_prog xdpcache c/cache.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel echo c/echo.c -- $cflags
 go tool bpf2go -cc "$cc" -target bpfel pass c/pass.c -- $cflags
 # Objects only tests load, generated into _test.go files so the package itself holds none of them:

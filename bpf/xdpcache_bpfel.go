@@ -91,6 +91,21 @@ type xdpcacheHandoff struct {
 	_    [4]byte
 }
 
+type xdpcacheHitTimeHist struct {
+	_      structs.HostLayout
+	Bucket [33]uint64
+	SumNs  uint64
+	Tick   uint64
+}
+
+type xdpcacheHitTimeProg uint32
+
+const (
+	xdpcacheHitTimeProgHIT_TIME_XDP   xdpcacheHitTimeProg = 0
+	xdpcacheHitTimeProgHIT_TIME_TC    xdpcacheHitTimeProg = 1
+	xdpcacheHitTimeProgHIT_TIME_PROGS xdpcacheHitTimeProg = 2
+)
+
 type xdpcacheIn6Addr struct {
 	_    structs.HostLayout
 	In6U struct {
@@ -145,29 +160,32 @@ type xdpcacheScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpcacheMapAllowCache       = "allow_cache"
-	xdpcacheMapAllowSources     = "allow_sources"
-	xdpcacheMapArena            = "arena"
-	xdpcacheMapCounters         = "counters"
-	xdpcacheMapHandoffMap       = "handoff_map"
-	xdpcacheMapIndexMap         = "index_map"
-	xdpcacheMapScratchMap       = "scratch_map"
-	xdpcacheMapSourceTat        = "source_tat"
-	xdpcacheProgTcCache         = "tc_cache"
-	xdpcacheProgXdpCache        = "xdp_cache"
-	xdpcacheVarAllowGen         = "allow_gen"
-	xdpcacheVarCfgBurstNs       = "cfg_burst_ns"
-	xdpcacheVarCfgIndexMask     = "cfg_index_mask"
-	xdpcacheVarCfgIntervalNs    = "cfg_interval_ns"
-	xdpcacheVarCfgMaxAmpX16     = "cfg_max_amp_x16"
-	xdpcacheVarCfgMtu           = "cfg_mtu"
-	xdpcacheVarCfgPort          = "cfg_port"
-	xdpcacheVarCfgReplyDscp     = "cfg_reply_dscp"
-	xdpcacheVarFlushedBeforeNs  = "flushed_before_ns"
-	xdpcacheVarTcReady          = "tc_ready"
-	xdpcacheVarUnusedCounter    = "unused_counter"
-	xdpcacheVarUnusedCounterSet = "unused_counter_set"
-	xdpcacheVarUnusedEntryHdr   = "unused_entry_hdr"
+	xdpcacheMapAllowCache        = "allow_cache"
+	xdpcacheMapAllowSources      = "allow_sources"
+	xdpcacheMapArena             = "arena"
+	xdpcacheMapCounters          = "counters"
+	xdpcacheMapHandoffMap        = "handoff_map"
+	xdpcacheMapHitTime           = "hit_time"
+	xdpcacheMapIndexMap          = "index_map"
+	xdpcacheMapScratchMap        = "scratch_map"
+	xdpcacheMapSourceTat         = "source_tat"
+	xdpcacheProgTcCache          = "tc_cache"
+	xdpcacheProgXdpCache         = "xdp_cache"
+	xdpcacheVarAllowGen          = "allow_gen"
+	xdpcacheVarCfgBurstNs        = "cfg_burst_ns"
+	xdpcacheVarCfgHitTimeMask    = "cfg_hit_time_mask"
+	xdpcacheVarCfgIndexMask      = "cfg_index_mask"
+	xdpcacheVarCfgIntervalNs     = "cfg_interval_ns"
+	xdpcacheVarCfgMaxAmpX16      = "cfg_max_amp_x16"
+	xdpcacheVarCfgMtu            = "cfg_mtu"
+	xdpcacheVarCfgPort           = "cfg_port"
+	xdpcacheVarCfgReplyDscp      = "cfg_reply_dscp"
+	xdpcacheVarFlushedBeforeNs   = "flushed_before_ns"
+	xdpcacheVarTcReady           = "tc_ready"
+	xdpcacheVarUnusedCounter     = "unused_counter"
+	xdpcacheVarUnusedCounterSet  = "unused_counter_set"
+	xdpcacheVarUnusedEntryHdr    = "unused_entry_hdr"
+	xdpcacheVarUnusedHitTimeProg = "unused_hit_time_prog"
 )
 
 // loadXdpcache returns the embedded CollectionSpec for xdpcache.
@@ -225,6 +243,7 @@ type xdpcacheMapSpecs struct {
 	Arena        *ebpf.MapSpec `ebpf:"arena"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	HandoffMap   *ebpf.MapSpec `ebpf:"handoff_map"`
+	HitTime      *ebpf.MapSpec `ebpf:"hit_time"`
 	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
 	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
 	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
@@ -234,19 +253,21 @@ type xdpcacheMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheVariableSpecs struct {
-	AllowGen         *ebpf.VariableSpec `ebpf:"allow_gen"`
-	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
-	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
-	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
-	CfgMaxAmpX16     *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
-	CfgMtu           *ebpf.VariableSpec `ebpf:"cfg_mtu"`
-	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
-	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
-	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
-	TcReady          *ebpf.VariableSpec `ebpf:"tc_ready"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
-	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
+	AllowGen          *ebpf.VariableSpec `ebpf:"allow_gen"`
+	CfgBurstNs        *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
+	CfgHitTimeMask    *ebpf.VariableSpec `ebpf:"cfg_hit_time_mask"`
+	CfgIndexMask      *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
+	CfgIntervalNs     *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16      *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
+	CfgMtu            *ebpf.VariableSpec `ebpf:"cfg_mtu"`
+	CfgPort           *ebpf.VariableSpec `ebpf:"cfg_port"`
+	CfgReplyDscp      *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
+	FlushedBeforeNs   *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
+	TcReady           *ebpf.VariableSpec `ebpf:"tc_ready"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedCounterSet  *ebpf.VariableSpec `ebpf:"unused_counter_set"`
+	UnusedEntryHdr    *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
+	UnusedHitTimeProg *ebpf.VariableSpec `ebpf:"unused_hit_time_prog"`
 }
 
 // xdpcacheObjects contains all objects after they have been loaded into the kernel.
@@ -274,6 +295,7 @@ type xdpcacheMaps struct {
 	Arena        *ebpf.Map `ebpf:"arena"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	HandoffMap   *ebpf.Map `ebpf:"handoff_map"`
+	HitTime      *ebpf.Map `ebpf:"hit_time"`
 	IndexMap     *ebpf.Map `ebpf:"index_map"`
 	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
 	SourceTat    *ebpf.Map `ebpf:"source_tat"`
@@ -286,6 +308,7 @@ func (m *xdpcacheMaps) Close() error {
 		m.Arena,
 		m.Counters,
 		m.HandoffMap,
+		m.HitTime,
 		m.IndexMap,
 		m.ScratchMap,
 		m.SourceTat,
@@ -296,19 +319,21 @@ func (m *xdpcacheMaps) Close() error {
 //
 // It can be passed to loadXdpcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheVariables struct {
-	AllowGen         *ebpf.Variable `ebpf:"allow_gen"`
-	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
-	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
-	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`
-	CfgMaxAmpX16     *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
-	CfgMtu           *ebpf.Variable `ebpf:"cfg_mtu"`
-	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
-	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
-	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
-	TcReady          *ebpf.Variable `ebpf:"tc_ready"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
-	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
+	AllowGen          *ebpf.Variable `ebpf:"allow_gen"`
+	CfgBurstNs        *ebpf.Variable `ebpf:"cfg_burst_ns"`
+	CfgHitTimeMask    *ebpf.Variable `ebpf:"cfg_hit_time_mask"`
+	CfgIndexMask      *ebpf.Variable `ebpf:"cfg_index_mask"`
+	CfgIntervalNs     *ebpf.Variable `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16      *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
+	CfgMtu            *ebpf.Variable `ebpf:"cfg_mtu"`
+	CfgPort           *ebpf.Variable `ebpf:"cfg_port"`
+	CfgReplyDscp      *ebpf.Variable `ebpf:"cfg_reply_dscp"`
+	FlushedBeforeNs   *ebpf.Variable `ebpf:"flushed_before_ns"`
+	TcReady           *ebpf.Variable `ebpf:"tc_ready"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedCounterSet  *ebpf.Variable `ebpf:"unused_counter_set"`
+	UnusedEntryHdr    *ebpf.Variable `ebpf:"unused_entry_hdr"`
+	UnusedHitTimeProg *ebpf.Variable `ebpf:"unused_hit_time_prog"`
 }
 
 // xdpcachePrograms contains all programs after they have been loaded into the kernel.

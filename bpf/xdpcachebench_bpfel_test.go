@@ -50,6 +50,13 @@ type xdpcacheBenchHandoff struct {
 	_    [4]byte
 }
 
+type xdpcacheBenchHitTimeHist struct {
+	_      structs.HostLayout
+	Bucket [33]uint64
+	SumNs  uint64
+	Tick   uint64
+}
+
 type xdpcacheBenchIn6Addr struct {
 	_    structs.HostLayout
 	In6U struct {
@@ -104,32 +111,35 @@ type xdpcacheBenchScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpcacheBenchMapAllowCache       = "allow_cache"
-	xdpcacheBenchMapAllowSources     = "allow_sources"
-	xdpcacheBenchMapArena            = "arena"
-	xdpcacheBenchMapBenchPacket      = "bench_packet"
-	xdpcacheBenchMapCounters         = "counters"
-	xdpcacheBenchMapHandoffMap       = "handoff_map"
-	xdpcacheBenchMapIndexMap         = "index_map"
-	xdpcacheBenchMapScratchMap       = "scratch_map"
-	xdpcacheBenchMapSourceTat        = "source_tat"
-	xdpcacheBenchProgTcCache         = "tc_cache"
-	xdpcacheBenchProgXdpCache        = "xdp_cache"
-	xdpcacheBenchProgXdpCacheBench   = "xdp_cache_bench"
-	xdpcacheBenchProgXdpRestoreOnly  = "xdp_restore_only"
-	xdpcacheBenchVarAllowGen         = "allow_gen"
-	xdpcacheBenchVarCfgBurstNs       = "cfg_burst_ns"
-	xdpcacheBenchVarCfgIndexMask     = "cfg_index_mask"
-	xdpcacheBenchVarCfgIntervalNs    = "cfg_interval_ns"
-	xdpcacheBenchVarCfgMaxAmpX16     = "cfg_max_amp_x16"
-	xdpcacheBenchVarCfgMtu           = "cfg_mtu"
-	xdpcacheBenchVarCfgPort          = "cfg_port"
-	xdpcacheBenchVarCfgReplyDscp     = "cfg_reply_dscp"
-	xdpcacheBenchVarFlushedBeforeNs  = "flushed_before_ns"
-	xdpcacheBenchVarTcReady          = "tc_ready"
-	xdpcacheBenchVarUnusedCounter    = "unused_counter"
-	xdpcacheBenchVarUnusedCounterSet = "unused_counter_set"
-	xdpcacheBenchVarUnusedEntryHdr   = "unused_entry_hdr"
+	xdpcacheBenchMapAllowCache        = "allow_cache"
+	xdpcacheBenchMapAllowSources      = "allow_sources"
+	xdpcacheBenchMapArena             = "arena"
+	xdpcacheBenchMapBenchPacket       = "bench_packet"
+	xdpcacheBenchMapCounters          = "counters"
+	xdpcacheBenchMapHandoffMap        = "handoff_map"
+	xdpcacheBenchMapHitTime           = "hit_time"
+	xdpcacheBenchMapIndexMap          = "index_map"
+	xdpcacheBenchMapScratchMap        = "scratch_map"
+	xdpcacheBenchMapSourceTat         = "source_tat"
+	xdpcacheBenchProgTcCache          = "tc_cache"
+	xdpcacheBenchProgXdpCache         = "xdp_cache"
+	xdpcacheBenchProgXdpCacheBench    = "xdp_cache_bench"
+	xdpcacheBenchProgXdpRestoreOnly   = "xdp_restore_only"
+	xdpcacheBenchVarAllowGen          = "allow_gen"
+	xdpcacheBenchVarCfgBurstNs        = "cfg_burst_ns"
+	xdpcacheBenchVarCfgHitTimeMask    = "cfg_hit_time_mask"
+	xdpcacheBenchVarCfgIndexMask      = "cfg_index_mask"
+	xdpcacheBenchVarCfgIntervalNs     = "cfg_interval_ns"
+	xdpcacheBenchVarCfgMaxAmpX16      = "cfg_max_amp_x16"
+	xdpcacheBenchVarCfgMtu            = "cfg_mtu"
+	xdpcacheBenchVarCfgPort           = "cfg_port"
+	xdpcacheBenchVarCfgReplyDscp      = "cfg_reply_dscp"
+	xdpcacheBenchVarFlushedBeforeNs   = "flushed_before_ns"
+	xdpcacheBenchVarTcReady           = "tc_ready"
+	xdpcacheBenchVarUnusedCounter     = "unused_counter"
+	xdpcacheBenchVarUnusedCounterSet  = "unused_counter_set"
+	xdpcacheBenchVarUnusedEntryHdr    = "unused_entry_hdr"
+	xdpcacheBenchVarUnusedHitTimeProg = "unused_hit_time_prog"
 )
 
 // loadXdpcacheBench returns the embedded CollectionSpec for xdpcacheBench.
@@ -190,6 +200,7 @@ type xdpcacheBenchMapSpecs struct {
 	BenchPacket  *ebpf.MapSpec `ebpf:"bench_packet"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	HandoffMap   *ebpf.MapSpec `ebpf:"handoff_map"`
+	HitTime      *ebpf.MapSpec `ebpf:"hit_time"`
 	IndexMap     *ebpf.MapSpec `ebpf:"index_map"`
 	ScratchMap   *ebpf.MapSpec `ebpf:"scratch_map"`
 	SourceTat    *ebpf.MapSpec `ebpf:"source_tat"`
@@ -199,19 +210,21 @@ type xdpcacheBenchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpcacheBenchVariableSpecs struct {
-	AllowGen         *ebpf.VariableSpec `ebpf:"allow_gen"`
-	CfgBurstNs       *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
-	CfgIndexMask     *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
-	CfgIntervalNs    *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
-	CfgMaxAmpX16     *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
-	CfgMtu           *ebpf.VariableSpec `ebpf:"cfg_mtu"`
-	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
-	CfgReplyDscp     *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
-	FlushedBeforeNs  *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
-	TcReady          *ebpf.VariableSpec `ebpf:"tc_ready"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedCounterSet *ebpf.VariableSpec `ebpf:"unused_counter_set"`
-	UnusedEntryHdr   *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
+	AllowGen          *ebpf.VariableSpec `ebpf:"allow_gen"`
+	CfgBurstNs        *ebpf.VariableSpec `ebpf:"cfg_burst_ns"`
+	CfgHitTimeMask    *ebpf.VariableSpec `ebpf:"cfg_hit_time_mask"`
+	CfgIndexMask      *ebpf.VariableSpec `ebpf:"cfg_index_mask"`
+	CfgIntervalNs     *ebpf.VariableSpec `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16      *ebpf.VariableSpec `ebpf:"cfg_max_amp_x16"`
+	CfgMtu            *ebpf.VariableSpec `ebpf:"cfg_mtu"`
+	CfgPort           *ebpf.VariableSpec `ebpf:"cfg_port"`
+	CfgReplyDscp      *ebpf.VariableSpec `ebpf:"cfg_reply_dscp"`
+	FlushedBeforeNs   *ebpf.VariableSpec `ebpf:"flushed_before_ns"`
+	TcReady           *ebpf.VariableSpec `ebpf:"tc_ready"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedCounterSet  *ebpf.VariableSpec `ebpf:"unused_counter_set"`
+	UnusedEntryHdr    *ebpf.VariableSpec `ebpf:"unused_entry_hdr"`
+	UnusedHitTimeProg *ebpf.VariableSpec `ebpf:"unused_hit_time_prog"`
 }
 
 // xdpcacheBenchObjects contains all objects after they have been loaded into the kernel.
@@ -240,6 +253,7 @@ type xdpcacheBenchMaps struct {
 	BenchPacket  *ebpf.Map `ebpf:"bench_packet"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	HandoffMap   *ebpf.Map `ebpf:"handoff_map"`
+	HitTime      *ebpf.Map `ebpf:"hit_time"`
 	IndexMap     *ebpf.Map `ebpf:"index_map"`
 	ScratchMap   *ebpf.Map `ebpf:"scratch_map"`
 	SourceTat    *ebpf.Map `ebpf:"source_tat"`
@@ -253,6 +267,7 @@ func (m *xdpcacheBenchMaps) Close() error {
 		m.BenchPacket,
 		m.Counters,
 		m.HandoffMap,
+		m.HitTime,
 		m.IndexMap,
 		m.ScratchMap,
 		m.SourceTat,
@@ -263,19 +278,21 @@ func (m *xdpcacheBenchMaps) Close() error {
 //
 // It can be passed to loadXdpcacheBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpcacheBenchVariables struct {
-	AllowGen         *ebpf.Variable `ebpf:"allow_gen"`
-	CfgBurstNs       *ebpf.Variable `ebpf:"cfg_burst_ns"`
-	CfgIndexMask     *ebpf.Variable `ebpf:"cfg_index_mask"`
-	CfgIntervalNs    *ebpf.Variable `ebpf:"cfg_interval_ns"`
-	CfgMaxAmpX16     *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
-	CfgMtu           *ebpf.Variable `ebpf:"cfg_mtu"`
-	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
-	CfgReplyDscp     *ebpf.Variable `ebpf:"cfg_reply_dscp"`
-	FlushedBeforeNs  *ebpf.Variable `ebpf:"flushed_before_ns"`
-	TcReady          *ebpf.Variable `ebpf:"tc_ready"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedCounterSet *ebpf.Variable `ebpf:"unused_counter_set"`
-	UnusedEntryHdr   *ebpf.Variable `ebpf:"unused_entry_hdr"`
+	AllowGen          *ebpf.Variable `ebpf:"allow_gen"`
+	CfgBurstNs        *ebpf.Variable `ebpf:"cfg_burst_ns"`
+	CfgHitTimeMask    *ebpf.Variable `ebpf:"cfg_hit_time_mask"`
+	CfgIndexMask      *ebpf.Variable `ebpf:"cfg_index_mask"`
+	CfgIntervalNs     *ebpf.Variable `ebpf:"cfg_interval_ns"`
+	CfgMaxAmpX16      *ebpf.Variable `ebpf:"cfg_max_amp_x16"`
+	CfgMtu            *ebpf.Variable `ebpf:"cfg_mtu"`
+	CfgPort           *ebpf.Variable `ebpf:"cfg_port"`
+	CfgReplyDscp      *ebpf.Variable `ebpf:"cfg_reply_dscp"`
+	FlushedBeforeNs   *ebpf.Variable `ebpf:"flushed_before_ns"`
+	TcReady           *ebpf.Variable `ebpf:"tc_ready"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedCounterSet  *ebpf.Variable `ebpf:"unused_counter_set"`
+	UnusedEntryHdr    *ebpf.Variable `ebpf:"unused_entry_hdr"`
+	UnusedHitTimeProg *ebpf.Variable `ebpf:"unused_hit_time_prog"`
 }
 
 // xdpcacheBenchPrograms contains all programs after they have been loaded into the kernel.

@@ -831,6 +831,18 @@ func (f *flushState) flushed(c []byte, nowNano int64) bool {
 	return f.pending != 0 && f.pending <= nowNano && stored <= f.pending
 }
 
+// RaiseCAS makes every CAS unique the store assigns from now on larger than min. A store that
+// takes items over from another one with Install raises it past their largest CAS, so that a
+// later Replace cannot hand out a unique some client already holds for an older version.
+func (s *Store) RaiseCAS(min uint64) {
+	for {
+		cur := s.cas.Load()
+		if cur >= min || s.cas.CompareAndSwap(cur, min) {
+			return
+		}
+	}
+}
+
 // Keys returns the keys held, live or not yet found dead, in no order. It locks one shard at a
 // time; it is meant for debugging and tests.
 func (s *Store) Keys() []string {

@@ -675,3 +675,19 @@ func TestRecordFetch(t *testing.T) {
 	h.expectChanged(t, "short")
 	mustMiss(t, s, "short")
 }
+
+func TestRaiseCAS(t *testing.T) {
+	s := New(Config{})
+	if _, err := s.Do("moved", func(*Item) (*Item, Op) { return &Item{Value: []byte("v"), CAS: 500}, Install }); err != nil {
+		t.Fatal(err)
+	}
+	s.RaiseCAS(500)
+	s.RaiseCAS(7) // never lowers
+	cas, err := s.Do("moved", func(*Item) (*Item, Op) { return &Item{Value: []byte("w")}, Replace })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cas != 501 {
+		t.Fatalf("CAS after RaiseCAS(500): %d, want 501", cas)
+	}
+}

@@ -453,16 +453,28 @@ func TestDaemonSet(t *testing.T) {
 	if ann, _ := dig(ds, "spec", "template", "metadata", "annotations", "prometheus.io/port"); toString(ann) != port {
 		t.Errorf("prometheus.io/port annotation %q, metrics served on %s", toString(ann), port)
 	}
-	ports, _ := dig(c, "ports")
-	found := false
-	for _, p := range ports.([]any) {
-		if n, _ := dig(p, "name"); n == "metrics" {
-			cp, _ := dig(p, "containerPort")
-			found = toString(cp) == port
-		}
+	// Declared ports on the host network are host ports, which would keep the surging pod of
+	// a takeover rollout off its node.
+	if ports, ok := dig(c, "ports"); ok && len(strs(ports)) > 0 {
+		t.Errorf("container declares ports %v: with hostNetwork they block the surging pod", ports)
 	}
-	if !found {
-		t.Errorf("no container port named metrics on %s", port)
+	// Upgrades are takeovers: the new pod beside the old one on its node, the old one idle
+	// until deleted (a container that exits would be restarted and take over back).
+	if !slicesContains(argv, "--takeover") || flagValue(argv[1:], "--after-handover") != "wait" {
+		t.Errorf("args %q: want --takeover and --after-handover=wait", argv)
+	}
+	surge, _ := dig(ds, "spec", "updateStrategy", "rollingUpdate", "maxSurge")
+	unavail, _ := dig(ds, "spec", "updateStrategy", "rollingUpdate", "maxUnavailable")
+	if toString(surge) != "1" || toString(unavail) != "0" {
+		t.Errorf("rollingUpdate maxSurge %v, maxUnavailable %v: want 1 and 0, so the new pod takes over from the old", surge, unavail)
+	}
+	// Probes: readiness on /readyz, liveness on /healthz, both on the metrics port.
+	for probe, path := range map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
+		gotPath, _ := dig(c, probe, "httpGet", "path")
+		gotPort, _ := dig(c, probe, "httpGet", "port")
+		if toString(gotPath) != path || toString(gotPort) != port {
+			t.Errorf("%s: httpGet %v on port %v, want %s on the metrics port %s", probe, gotPath, gotPort, path, port)
+		}
 	}
 	// Kubernetes kills after the grace period; serve must finish its own drain first.
 	grace, _ := dig(pod, "terminationGracePeriodSeconds")
@@ -892,6 +904,28 @@ func TestSystemdUnit(t *testing.T) {
 		if flagValue(args, f) == "" {
 			t.Errorf("ExecStart has no %s value", f)
 		}
+	}
+	// Started means ready: ExecStartPost waits for /readyz on the address serve serves it on.
+	post := svc["ExecStartPost"]
+	if len(post) != 1 {
+		t.Fatalf("ExecStartPost %q: want one, xdpcache ready", post)
+	}
+	pf := strings.Fields(post[0])
+	if len(pf) < 2 || filepath.Base(pf[0]) != "xdpcache" || pf[1] != "ready" {
+		t.Errorf("ExecStartPost %q: want xdpcache ready ...", post[0])
+	} else if got, want := flagValue(pf[2:], "--metrics-addr"), flagValue(args, "--metrics-addr"); got != want {
+		t.Errorf("ExecStartPost polls %q, serve's metrics are on %q", got, want)
+	}
+	// Reload is a takeover: SIGHUP to the main process, which hands the main PID over by
+	// sd_notify, so the unit must take notifications from it.
+	if v := svc["ExecReload"]; len(v) != 1 || strings.Join(strings.Fields(v[0]), " ") != "/bin/kill -HUP $MAINPID" {
+		t.Errorf("ExecReload = %q, want /bin/kill -HUP $MAINPID", v)
+	}
+	if v := svc["Type"]; len(v) != 1 || v[0] != "notify" {
+		t.Errorf("Type = %q, want notify (serve reports READY and the successor's MAINPID)", v)
+	}
+	if v := svc["NotifyAccess"]; len(v) != 1 || (v[0] != "main" && v[0] != "all") {
+		t.Errorf("NotifyAccess = %q, want main", v)
 	}
 	stop := svc["TimeoutStopSec"]
 	if len(stop) != 1 {

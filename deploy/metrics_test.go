@@ -46,8 +46,26 @@ type family struct {
 	mf     *dto.MetricFamily
 }
 
+// line is the family's golden line: NAME TYPE SOURCE LABELS, LABELS being its label names
+// sorted and joined by commas ("-" for none). A new or renamed label breaks queries as surely as
+// a renamed metric.
 func (f family) line() string {
-	return fmt.Sprintf("%s %s %s", f.mf.GetName(), strings.ToLower(f.mf.GetType().String()), f.source)
+	seen := map[string]bool{}
+	var labels []string
+	for _, m := range f.mf.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if !seen[lp.GetName()] {
+				seen[lp.GetName()] = true
+				labels = append(labels, lp.GetName())
+			}
+		}
+	}
+	sort.Strings(labels)
+	ls := strings.Join(labels, ",")
+	if ls == "" {
+		ls = "-"
+	}
+	return fmt.Sprintf("%s %s %s %s", f.mf.GetName(), strings.ToLower(f.mf.GetType().String()), f.source, ls)
 }
 
 // startServer runs an xdpcache server on a loopback TCP port with its metrics in reg.
@@ -288,8 +306,8 @@ func goldenNames(t *testing.T) map[string]string {
 	out := make(map[string]string)
 	for _, l := range readGolden(t) {
 		f := strings.Fields(l)
-		if len(f) != 3 {
-			t.Fatalf("golden line %q: want NAME TYPE SOURCE", l)
+		if len(f) != 4 {
+			t.Fatalf("golden line %q: want NAME TYPE SOURCE LABELS", l)
 		}
 		out[f[0]] = f[1]
 	}
@@ -316,7 +334,7 @@ func TestMetricsGolden(t *testing.T) {
 		// Compare what needs no privilege first, so that a non-root run still checks most of it.
 		var wantCommon []string
 		for _, l := range golden {
-			if !strings.HasSuffix(l, " "+srcKernel) {
+			if f := strings.Fields(l); len(f) != 4 || f[2] != srcKernel {
 				wantCommon = append(wantCommon, l)
 			}
 		}
@@ -327,7 +345,7 @@ func TestMetricsGolden(t *testing.T) {
 	got := lines(fams)
 	if *update {
 		var b strings.Builder
-		b.WriteString("# Metric families xdpcache exports: NAME TYPE SOURCE (server, kernel, loadgen).\n")
+		b.WriteString("# Metric families xdpcache exports: NAME TYPE SOURCE (server, kernel, loadgen) LABELS.\n")
 		b.WriteString("# Generated as root by: go test ./deploy/ -run TestMetricsGolden -update\n")
 		for _, l := range got {
 			b.WriteString(l + "\n")

@@ -103,7 +103,31 @@ func checkNaming(t *testing.T, fams []family) {
 		for _, p := range namingProblems(f.mf) {
 			t.Errorf("%s (%s): %s", f.mf.GetName(), f.source, p)
 		}
+		// The load generator's families are scraped as text, which cannot carry native
+		// histograms; the server's and the kernel's are gathered directly.
+		if f.source != srcLoadgen {
+			if p := nativeProblem(f.mf); p != "" {
+				t.Errorf("%s (%s): %s", f.mf.GetName(), f.source, p)
+			}
+		}
 	}
+}
+
+// nativeProblem says why a latency histogram family lacks a native histogram in one of its
+// series ("" when it has them all, or is not a latency histogram).
+func nativeProblem(mf *dto.MetricFamily) string {
+	if mf.GetType() != dto.MetricType_HISTOGRAM || !strings.HasSuffix(mf.GetName(), "_seconds") {
+		return ""
+	}
+	if len(mf.GetMetric()) == 0 {
+		return "latency histogram with no series to check"
+	}
+	for _, m := range mf.GetMetric() {
+		if m.GetHistogram().Schema == nil {
+			return fmt.Sprintf("latency histogram series %v without a native histogram", m.GetLabel())
+		}
+	}
+	return ""
 }
 
 // TestMetricNaming holds every exported family to the conventions of docs/DESIGN.md, section
@@ -149,6 +173,16 @@ func TestNamingProblemsCatches(t *testing.T) {
 				t.Errorf("problems %q, want one mentioning %q", probs, tc.want)
 			}
 		})
+	}
+	if p := nativeProblem(&dto.MetricFamily{Name: str("xdpcache_request_duration_seconds"), Help: str("h"),
+		Type: typ(dto.MetricType_HISTOGRAM), Metric: hist(1e-6)}); !strings.Contains(p, "without a native") {
+		t.Errorf("a histogram without native buckets: problem %q, want one saying so", p)
+	}
+	schema := int32(3)
+	native := &dto.MetricFamily{Name: str("xdpcache_request_duration_seconds"), Help: str("h"),
+		Type: typ(dto.MetricType_HISTOGRAM), Metric: []*dto.Metric{{Histogram: &dto.Histogram{Schema: &schema}}}}
+	if p := nativeProblem(native); p != "" {
+		t.Errorf("a native histogram flagged: %q", p)
 	}
 	good := &dto.MetricFamily{Name: func() *string { s := "xdpcache_request_duration_seconds"; return &s }(),
 		Help: str("h"), Type: typ(dto.MetricType_HISTOGRAM), Metric: hist(1e-6, 1e-3)}

@@ -74,8 +74,24 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	// Children resolved on first use; a nil entry has not been used yet.
 	cmdCounters [numCmds][numStatuses]atomic.Pointer[prometheus.Counter]
-	observers   [numCmds]atomic.Pointer[prometheus.Observer]
+	observers   [numProtos][numCmds]atomic.Pointer[prometheus.Observer]
 }
+
+// protoID labels a request by the transport it came over.
+type protoID int
+
+const (
+	protoTCP protoID = iota
+	protoUDP
+	numProtos
+)
+
+var protoNames = [numProtos]string{"tcp", "udp"}
+
+// durationBuckets are the classic buckets of xdpcache_request_duration_seconds: 1us to ~150ms.
+// The client library's defaults start at 5ms and would hide every request the server answers
+// from memory.
+var durationBuckets = prometheus.ExponentialBuckets(1e-6, 2.5, 14)
 
 func newMetrics(s *Server, reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -84,14 +100,15 @@ func newMetrics(s *Server, reg prometheus.Registerer) (*metrics, error) {
 			Help: "Requests by command and status; multi-key gets count each key.",
 		}, []string{"command", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "xdpcache_request_duration_seconds",
-			Help: "Time the server spent on a request, from parsed line to reply buffered.",
-			// 1us .. ~100ms: the defaults start at 5ms and would hide everything.
-			Buckets:                         prometheus.ExponentialBuckets(1e-6, 2.5, 14),
+			Name:    "xdpcache_request_duration_seconds",
+			Help:    "Time the server spent on a request, from parsed line to reply buffered, by transport (tcp, udp) and command. Kernel-answered requests are in xdpcache_kernel_hit_duration_seconds.",
+			Buckets: durationBuckets,
+			// Native buckets ~10% wide, as many as 160 of them; a series that needs more is
+			// reset at most once an hour rather than losing resolution sooner.
 			NativeHistogramBucketFactor:     1.1,
 			NativeHistogramMaxBucketNumber:  160,
 			NativeHistogramMinResetDuration: time.Hour,
-		}, []string{"command"}),
+		}, []string{"proto", "command"}),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
@@ -133,8 +150,9 @@ func (m *metrics) count(cmd cmdID, st statusID) {
 	(*p).Inc()
 }
 
-// observe records a finished request. Gets count their keys in getKey; others count here.
-func (m *metrics) observe(cmd cmdID, st statusID, start time.Time) {
+// observe records a finished request that came over proto. Gets count their keys in getKey;
+// others count here.
+func (m *metrics) observe(proto protoID, cmd cmdID, st statusID, start time.Time) {
 	switch cmd {
 	case cmdGet, cmdGets, cmdGat, cmdGats:
 		if st == statusClientError {
@@ -143,11 +161,11 @@ func (m *metrics) observe(cmd cmdID, st statusID, start time.Time) {
 	default:
 		m.count(cmd, st)
 	}
-	o := m.observers[cmd].Load()
+	o := m.observers[proto][cmd].Load()
 	if o == nil {
-		ob := m.duration.WithLabelValues(cmdNames[cmd])
+		ob := m.duration.WithLabelValues(protoNames[proto], cmdNames[cmd])
 		o = &ob
-		m.observers[cmd].Store(o)
+		m.observers[proto][cmd].Store(o)
 	}
 	(*o).Observe(time.Since(start).Seconds())
 }

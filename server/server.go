@@ -123,8 +123,11 @@ type Server struct {
 
 	sessions sync.Pool
 
-	mu        sync.Mutex
-	closed    bool
+	mu     sync.Mutex
+	closed bool
+	// detaching is set from Detach until Attach: serving stops without closing (handover.go).
+	detaching bool
+	handed    *Sockets // what Detach collects
 	listeners map[net.Listener]struct{}
 	udpConns  map[*net.UDPConn]struct{}
 	conns     map[net.Conn]*tcpConn
@@ -239,11 +242,12 @@ func (h kernelHook) Flushed(deadline time.Time) {
 	}
 }
 
-// track registers a listener or connection for Shutdown; it fails once shut down.
+// track registers a listener or connection for Shutdown; it fails once shut down or while
+// detached.
 func (s *Server) track(add func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.detaching {
 		return false
 	}
 	add()
@@ -271,6 +275,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 
+	if err := s.waitOrClose(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	// After the connections: none is waiting on an upstream any more.
+	if err := s.be.close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// waitOrClose waits until every Serve call and connection has returned, or until ctx ends: then
+// it closes the connections still open, waits for them, and returns ctx's error.
+func (s *Server) waitOrClose(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -278,6 +295,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
 		s.mu.Lock()
 		for nc := range s.conns {
@@ -285,13 +303,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		<-done
-		errs = append(errs, ctx.Err())
+		return ctx.Err()
 	}
-	// After the connections: none is waiting on an upstream any more.
-	if err := s.be.close(); err != nil {
-		errs = append(errs, err)
+}
+
+// Serving returns how many TCP listeners and UDP sockets the server serves now: a Serve call
+// counts from the moment it is tracked until it returns. Both are 0 once Shutdown has begun.
+func (s *Server) Serving() (tcp, udp int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.detaching {
+		return 0, 0
 	}
-	return errors.Join(errs...)
+	return len(s.listeners), len(s.udpConns)
 }
 
 func (s *Server) isClosed() bool {

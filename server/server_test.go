@@ -214,9 +214,22 @@ func TestMetrics(t *testing.T) {
 		t.Fatal("no request duration histogram")
 	}
 	var count uint64
+	// Requests timed by transport and command: five over TCP (set, two gets, delete and an
+	// unknown command), one get over UDP, and the test client's mn marker on each.
+	byLabels := map[string]uint64{}
 	for _, m := range h.GetMetric() {
 		hist := m.GetHistogram()
 		count += hist.GetSampleCount()
+		var proto, command string
+		for _, lp := range m.GetLabel() {
+			switch lp.GetName() {
+			case "proto":
+				proto = lp.GetValue()
+			case "command":
+				command = lp.GetValue()
+			}
+		}
+		byLabels[proto+" "+command] += hist.GetSampleCount()
 		if b := hist.GetBucket(); len(b) == 0 || b[0].GetUpperBound() > 2e-6 {
 			t.Fatalf("first bucket %v: want microsecond buckets", b)
 		}
@@ -224,8 +237,13 @@ func TestMetrics(t *testing.T) {
 			t.Fatal("no native histogram")
 		}
 	}
-	if count < 6 {
-		t.Fatalf("%d requests timed, want at least 6", count)
+	if count != 8 {
+		t.Fatalf("%d requests timed, want 8: %v", count, byLabels)
+	}
+	for k, want := range map[string]uint64{"tcp set": 1, "tcp get": 2, "tcp delete": 1, "tcp other": 1, "tcp mn": 1, "udp get": 1, "udp mn": 1} {
+		if byLabels[k] != want {
+			t.Errorf("request duration {proto command} %q: %d samples, want %d (all: %v)", k, byLabels[k], want, byLabels)
+		}
 	}
 }
 

@@ -208,7 +208,11 @@ func (c *session) process(in []byte) (int, action) {
 			c.msgEnds = append(c.msgEnds, len(c.out))
 		}
 		if c.s.metrics != nil {
-			c.s.metrics.observe(c.cmd, c.status, start)
+			proto := protoTCP
+			if c.udp {
+				proto = protoUDP
+			}
+			c.s.metrics.observe(proto, c.cmd, c.status, start)
 		}
 		if act == actClose {
 			return pos, actClose

@@ -81,6 +81,11 @@ type tcpConn struct {
 	s        *Server
 	nc       net.Conn
 	stopping atomic.Bool
+	// detach, with stopping, hands the connection over (Detach) instead of closing it.
+	detach atomic.Bool
+	// pending and swallow are the state of a connection handed over from another server.
+	pending []byte
+	swallow int
 }
 
 // ServeTCP accepts connections on ln until Shutdown, serving each in its own goroutine. It returns
@@ -103,7 +108,7 @@ func (s *Server) ServeTCP(ln net.Listener) error {
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			if s.isClosed() {
+			if s.stopped() {
 				return nil
 			}
 			var ne net.Error
@@ -124,6 +129,8 @@ func (s *Server) ServeTCP(ln net.Listener) error {
 		}
 		c := &tcpConn{s: s, nc: nc}
 		if !s.track(func() { s.conns[nc] = c; s.wg.Add(1) }) {
+			// Shut down or detached after this accept: under Detach the listener's queue moves
+			// on, but this connection came off it already.
 			_ = nc.Close()
 			return nil
 		}
@@ -154,9 +161,12 @@ func (c *tcpConn) serve() {
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	buf := make([]byte, readBufSize)
+	buf := make([]byte, max(readBufSize, len(c.pending)))
+	// An adopted connection's buffer is its own; the limit applies to what it grows by later.
+	s.growReadBuf(0, len(buf))
 	defer func() { s.growReadBuf(len(buf), 0) }()
-	r, w := 0, 0
+	r, w := 0, copy(buf, c.pending)
+	ss.swallow, c.pending = c.swallow, nil
 	lastReq := time.Now() // idle time counts from the last completed request, as memcached's
 	for {
 		n, act := ss.process(buf[r:w])
@@ -206,6 +216,9 @@ func (c *tcpConn) serve() {
 			_ = c.nc.SetReadDeadline(lastReq.Add(s.cfg.IdleTimeout))
 		}
 		if c.stopping.Load() {
+			if c.detach.Load() {
+				c.handOver(buf[r:w], ss.swallow)
+			}
 			return
 		}
 		m, err := c.nc.Read(buf[w:])
@@ -214,6 +227,10 @@ func (c *tcpConn) serve() {
 			s.st.bytesRead.Add(uint64(m))
 		}
 		if err != nil && m == 0 {
+			if c.detach.Load() && isTimeout(err) {
+				c.handOver(buf[r:w], ss.swallow)
+				return
+			}
 			if s.cfg.IdleTimeout > 0 && isTimeout(err) && !c.stopping.Load() {
 				s.tcpLim.closed[closeIdle].Add(1)
 			}

@@ -115,7 +115,7 @@ func (s *Server) readUDP(pc *ipv4.PacketConn, allow []netip.Prefix) error {
 	for {
 		n, err := pc.ReadBatch(in, 0)
 		if err != nil {
-			if s.isClosed() {
+			if s.stopped() {
 				return nil
 			}
 			if isTimeout(err) {
@@ -166,7 +166,7 @@ func (s *Server) readUDP(pc *ipv4.PacketConn, allow []netip.Prefix) error {
 		if err := writeAll(pc, out); err != nil {
 			return err
 		}
-		if s.isClosed() {
+		if s.stopped() {
 			return nil
 		}
 	}

@@ -25,6 +25,7 @@
 #include "reply.h"
 #include "admit.h"
 #include "meta.h"
+#include "timing.h"
 
 #include <linux/pkt_cls.h>
 
@@ -119,6 +120,7 @@ static __always_inline int handle_xdp(struct xdp_md *ctx)
 	struct scratch *st = NULL;
 	__u32 orig_len, cmd_off;
 	int ret, delta, head_grown = 0;
+	__u64 t0 = hit_time_start(HIT_TIME_XDP);
 
 	ret = first_pass_xdp(ctx, &st, &rq);
 	if (ret || !st)
@@ -157,6 +159,7 @@ static __always_inline int handle_xdp(struct xdp_md *ctx)
 					 &rq.l4, 0, rq.total, st->csum))
 		goto fail; /* unreachable: the headers were in bounds before the resize */
 	count_reply(&rq, 0);
+	hit_time_record(HIT_TIME_XDP, t0);
 	return XDP_TX;
 
 fail:
@@ -201,7 +204,7 @@ int tc_cache(struct __sk_buff *skb)
 	struct l4_info l4 = {};
 	struct handoff *h;
 	__u32 orig_len;
-	__u64 key;
+	__u64 key, t0;
 	int ret;
 
 	if (parse_udp((void *)(long)skb->data, (void *)(long)skb->data_end, cfg_port, &l4) ||
@@ -209,6 +212,7 @@ int tc_cache(struct __sk_buff *skb)
 	    handoff_key((void *)(long)skb->data, (void *)(long)skb->data_end, &l4, &key) ||
 	    !take_handoff(h, key))
 		return TC_ACT_OK;
+	t0 = hit_time_start(HIT_TIME_TC);
 	/* The first pass reads the packet directly: it must be linear. */
 	orig_len = skb->len;
 	if (orig_len > 2048 || bpf_skb_pull_data(skb, orig_len))
@@ -225,6 +229,7 @@ int tc_cache(struct __sk_buff *skb)
 			  st->csum))
 		goto fail; /* unreachable: the headers were in bounds before the resize */
 	count_reply(&rq, CNT_TC_REQUESTS);
+	hit_time_record(HIT_TIME_TC, t0);
 	return bpf_redirect(skb->ifindex, 0);
 
 fail:

@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +22,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/xdpcache/xdpcache/bpf"
+	"github.com/xdpcache/xdpcache/internal/health"
+	"github.com/xdpcache/xdpcache/internal/takeover"
 	"github.com/xdpcache/xdpcache/server"
 )
 
@@ -53,6 +58,9 @@ type serveFlags struct {
 	writeTimeout     time.Duration
 	logLevel, logFmt string
 	shutdownTimeout  time.Duration
+	takeover         bool
+	controlSocket    string
+	afterHandover    string
 }
 
 func newServeCmd() *cobra.Command {
@@ -66,8 +74,15 @@ With --xdp-iface, an XDP program on that interface answers UDP GET hits for keys
 without waking the server. The server copies items into the kernel cache when it answers UDP GET hits
 (--admission decides which), and every write drops the kernel copy before it is acknowledged. The
 program is detached when serve exits, however it exits. If the program cannot be attached (no such
-interface, another XDP program there, no privilege) the server still runs without it and says so.`,
+interface, another XDP program there, no privilege) the server still runs without it and says so.
+
+serve --takeover upgrades a running serve in place: the new process takes the listening sockets, the
+open connections, the XDP and TC attachments (the program is replaced on them in place) and the items
+over a unix control socket, and the old one exits. SIGHUP makes a running serve start its successor
+itself, the same binary path with the same flags plus --takeover. docs/OPERATIONS.md has the details.`,
 		Example: `  xdpcache serve                                   # like memcached -U 11211 on 127.0.0.1
+  xdpcache serve --takeover ...same flags...        # upgrade: take over from the running serve without a dropped request
+  kill -HUP $(pidof xdpcache)                       # the same, started by the running serve itself (systemctl reload)
   xdpcache serve -l 0.0.0.0 --xdp-iface eth0        # as root: kernel path on eth0, native XDP if the driver has it
   xdpcache serve --xdp-iface lo --xdp-mode generic --metrics-addr 127.0.0.1:9150   # as root`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), f) },
@@ -100,10 +115,18 @@ interface, another XDP program there, no privilege) the server still runs withou
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFmt, "log-format", "console", "console or json")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for in-flight requests")
+	fl.BoolVar(&f.takeover, "takeover", false, "take the sockets, connections, kernel path and items over from a running serve with the same ports and --xdp-iface (over --control-socket), then serve; with none running, start as usual")
+	fl.StringVar(&f.controlSocket, "control-socket", "", "unix socket on which serve hands itself over to a serve --takeover; @ for the abstract namespace (default: @xdpcache-LISTEN-PORT-UDPPORT)")
+	fl.StringVar(&f.afterHandover, "after-handover", "exit", "what serve does once a serve --takeover has taken over: exit (0), or wait for a signal (for supervisors that restart a container that exits)")
 	return cmd
 }
 
 func runServe(ctx context.Context, f serveFlags) error {
+	// SIGHUP starts a successor (below); caught from the start, so that one sent while serve
+	// starts up waits for it instead of killing it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log, err := newLogger(f.logLevel, f.logFmt)
 	if err != nil {
 		return err
@@ -131,11 +154,27 @@ func runServe(ctx context.Context, f serveFlags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if f.afterHandover != "exit" && f.afterHandover != "wait" {
+		return fmt.Errorf("--after-handover %q: want exit or wait", f.afterHandover)
+	}
 	var kernel server.KernelCache
+	var kc *bpf.Cache
+	xlog := log.With(zap.String("component", "xdp"))
 	if f.xdpIface != "" {
-		kc, err := startKernelPath(f, allow, log.With(zap.String("component", "xdp")))
+		kc, err = loadKernelPath(f, allow, xlog)
+		if err == nil && !f.takeover {
+			err = attachKernelPath(kc, f, xlog)
+			if err != nil {
+				kc.Close()
+			}
+		}
 		if err != nil {
+			if f.takeover {
+				// The running server keeps its kernel path; taking over without one would lose it.
+				return fmt.Errorf("kernel path: %w (the running server, if any, serves on)", err)
+			}
 			log.Error("kernel path off: the server runs without it", zap.Error(err))
+			kc = nil
 		} else {
 			defer kc.Close()
 			reg.MustRegister(kc.Collector())
@@ -176,7 +215,19 @@ func runServe(ctx context.Context, f serveFlags) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { srv.Maintain(gctx, time.Second); return nil })
-	if f.port != 0 {
+	ident := takeover.Identity{Listen: f.listen, TCPPort: f.port, UDPPort: f.udpPort, XDPIface: f.xdpIface, MetricsAddr: f.metricsAddr}
+	control := f.controlSocket
+	if control == "" {
+		control = fmt.Sprintf("@xdpcache-%s-%d-%d", f.listen, f.port, f.udpPort)
+	}
+	var taken *takeover.Taken
+	if f.takeover {
+		taken, err = takeOver(ctx, control, ident, srv, kc, f, g, log, xlog)
+		if err != nil {
+			return err
+		}
+	}
+	if taken == nil && f.port != 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(f.listen, strconv.Itoa(f.port)))
 		if err != nil {
 			return fmt.Errorf("listen tcp: %w", err)
@@ -184,7 +235,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 		log.Info("serving TCP", zap.Stringer("addr", ln.Addr()))
 		g.Go(func() error { return srv.ServeTCP(ln) })
 	}
-	if f.udpPort != 0 {
+	if taken == nil && f.udpPort != 0 {
 		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(f.listen, strconv.Itoa(f.udpPort)))
 		if err != nil {
 			return fmt.Errorf("resolve udp address: %w", err)
@@ -196,16 +247,27 @@ func runServe(ctx context.Context, f serveFlags) error {
 		log.Info("serving UDP", zap.Stringer("addr", uc.LocalAddr()))
 		g.Go(func() error { return srv.ServeUDP(uc) })
 	}
+	var checks health.Checks
+	checks.Set("serving", servingCheck(srv, f.port != 0, f.udpPort != 0))
+	if f.xdpIface != "" {
+		checks.Set("kernel", kernelCheck(kc, f.xdpIface))
+	}
 	var metrics *http.Server
+	var metricsLn net.Listener
 	if f.metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+		checks.Register(mux)
 		metrics = &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", f.metricsAddr)
-		if err != nil {
+		var ln net.Listener
+		if taken != nil && taken.Metrics != nil {
+			ln = taken.Metrics
+		} else if ln, err = net.Listen("tcp", f.metricsAddr); err != nil {
 			return fmt.Errorf("listen for metrics: %w", err)
 		}
-		log.Info("serving metrics", zap.String("url", "http://"+ln.Addr().String()+"/metrics"))
+		metricsLn = ln
+		log.Info("serving metrics and probes", zap.String("url", "http://"+ln.Addr().String()+"/metrics"),
+			zap.String("ready", "http://"+ln.Addr().String()+"/readyz"))
 		g.Go(func() error {
 			if err := metrics.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
@@ -213,9 +275,58 @@ func runServe(ctx context.Context, f serveFlags) error {
 			return nil
 		})
 	}
+	if _, err := health.Notify("READY=1"); err != nil {
+		log.Warn("could not tell the service manager serve is up", zap.Error(err))
+	}
+	// Hand over to a serve --takeover, on request or after SIGHUP starts one.
+	handedOver := make(chan struct{})
+	var handed *takeover.Handed
+	giver := takeover.Giver{Server: srv, Kernel: kc, Identity: ident}
+	if metricsLn != nil {
+		giver.Metrics = metricsLn
+	}
+	tl, err := listenControl(gctx, control, taken != nil)
+	if err != nil {
+		return err
+	}
+	successor := newSuccessors(log)
+	g.Go(func() error {
+		defer close(handedOver)
+		defer tl.Close()
+		h, err := tl.Serve(gctx, giver, func(err error) {
+			log.Error("takeover failed: still serving", zap.Error(err))
+		})
+		if err != nil {
+			return nil // shutting down
+		}
+		handed = h
+		log.Info("handed over: the new process serves", zap.Int("pid", h.To), zap.Int("items", h.Items),
+			zap.Int("kernel_keys", h.Kernel), zap.Int("connections", h.Conns))
+		if successor.spawned(h.To) {
+			if _, err := health.Notify(fmt.Sprintf("MAINPID=%d", h.To)); err != nil {
+				log.Warn("could not tell the service manager the new main process", zap.Error(err))
+			}
+		}
+		return errHandedOver
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				successor.start(f.takeover)
+			}
+		}
+	})
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("shutting down: finishing in-flight requests", zap.Duration("timeout", f.shutdownTimeout))
+		<-handedOver // a takeover in progress completes or is undone first
+		if handed != nil {
+			log.Info("handed over: closing what is left")
+		} else {
+			log.Info("shutting down: finishing in-flight requests", zap.Duration("timeout", f.shutdownTimeout))
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 		defer cancel()
 		if metrics != nil {
@@ -224,13 +335,56 @@ func runServe(ctx context.Context, f serveFlags) error {
 		return srv.Shutdown(sctx)
 	})
 	err = g.Wait()
+	if errors.Is(err, errHandedOver) {
+		err = nil
+		if kc != nil {
+			// Closing our descriptors leaves the links to the new process.
+			kc.Close()
+		}
+		if f.afterHandover == "wait" {
+			log.Info("handed over: waiting for a signal to exit")
+			<-ctx.Done()
+		}
+	}
 	log.Info("stopped")
 	return err
 }
 
-// startKernelPath loads the XDP program and attaches it, saying loudly when auto falls back to
-// generic mode, where every packet pays for an skb first and most of the gain is lost.
-func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.Cache, error) {
+// errHandedOver ends serve's goroutines once a successor has taken over.
+var errHandedOver = errors.New("handed over")
+
+// servingCheck is ready while srv serves every transport asked for (tcp, udp).
+func servingCheck(srv *server.Server, tcp, udp bool) func() error {
+	return func() error {
+		nt, nu := srv.Serving()
+		switch {
+		case tcp && nt == 0 && udp && nu == 0:
+			return errors.New("not serving TCP or UDP")
+		case tcp && nt == 0:
+			return errors.New("not serving TCP")
+		case udp && nu == 0:
+			return errors.New("not serving UDP")
+		}
+		return nil
+	}
+}
+
+// kernelCheck is ready while the kernel path is attached to iface. It fails for good when the
+// load or attach failed: serve runs on without the kernel path, but not as configured.
+func kernelCheck(kc *bpf.Cache, iface string) func() error {
+	return func() error {
+		if kc == nil {
+			return fmt.Errorf("kernel path off: not attached to %s (the log says why)", iface)
+		}
+		if got, _ := kc.Attached(); got != iface {
+			return fmt.Errorf("kernel path not attached to %s", iface)
+		}
+		return nil
+	}
+}
+
+// loadKernelPath loads the XDP and TC programs and their maps, not attached yet.
+func loadKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.Cache, error) {
 	if f.udpPort == 0 {
 		return nil, errors.New("--xdp-iface needs UDP (--udp-port is 0)")
 	}
@@ -238,8 +392,7 @@ func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.
 	if err != nil {
 		return nil, fmt.Errorf("--xdp-iface %s: %w", f.xdpIface, err)
 	}
-	mode := bpf.Mode(f.xdpMode)
-	switch mode {
+	switch bpf.Mode(f.xdpMode) {
 	case bpf.Mode("auto"), bpf.Mode("native"), bpf.Mode("generic"):
 	default:
 		return nil, fmt.Errorf("--xdp-mode %q: want auto, native or generic", f.xdpMode)
@@ -265,10 +418,20 @@ func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.
 	if err := kc.EnableRunStats(); err != nil {
 		log.Info("kernel program run-time statistics off (set sysctl kernel.bpf_stats_enabled=1 to have them)", zap.Error(err))
 	}
+	return kc, nil
+}
+
+// attachKernelPath attaches the loaded programs to --xdp-iface, saying loudly when auto falls
+// back to generic mode, where every packet pays for an skb first and most of the gain is lost.
+func attachKernelPath(kc *bpf.Cache, f serveFlags, log *zap.Logger) error {
+	iface, err := net.InterfaceByName(f.xdpIface)
+	if err != nil {
+		return fmt.Errorf("--xdp-iface %s: %w", f.xdpIface, err)
+	}
+	mode := bpf.Mode(f.xdpMode)
 	got, err := kc.Attach(f.xdpIface, mode)
 	if err != nil {
-		kc.Close()
-		return nil, fmt.Errorf("attach XDP program to %s: %w", f.xdpIface, err)
+		return fmt.Errorf("attach XDP program to %s: %w", f.xdpIface, err)
 	}
 	if mode == bpf.Mode("auto") && got != bpf.Mode("native") {
 		log.Warn("native XDP unavailable on this interface: FELL BACK TO GENERIC MODE, expect far less gain",
@@ -282,7 +445,7 @@ func startKernelPath(f serveFlags, allow []netip.Prefix, log *zap.Logger) (*bpf.
 	}
 	log.Info("kernel path on", zap.String("iface", f.xdpIface), zap.String("mode", string(got)),
 		zap.Int("mtu", iface.MTU), zap.String("admission", f.admission), zap.Uint8("reply_dscp", f.markDSCP))
-	return kc, nil
+	return nil
 }
 
 // listenCoversIface reports whether a server listening on listen receives what arrives at one of

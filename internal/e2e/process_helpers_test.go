@@ -96,11 +96,15 @@ func (s *syncBuffer) String() string {
 // on) plus extra flags, and waits until it answers TCP and the program is attached.
 func (r *rig) startServe(t *testing.T, extra ...string) *serveProc {
 	t.Helper()
-	args := append([]string{"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
+	return startServeIn(t, r.pair.Server, r.pair.ServerIf, r.serveReady, r.serveArgs(extra...)...)
+}
+
+// serveArgs are startServe's flags, extra last.
+func (r *rig) serveArgs(extra ...string) []string {
+	return append([]string{"-l", netns.ServerIPv4.String(), "-p", strconv.Itoa(testPort), "-U", strconv.Itoa(testPort),
 		"--xdp-iface", r.pair.ServerIf, "--xdp-mode", "native", "--mark-kernel-replies", strconv.Itoa(testDSCP),
 		"--admission", "always", "--metrics-addr", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort),
 		"--log-format", "json"}, extra...)
-	return startServeIn(t, r.pair.Server, r.pair.ServerIf, r.serveReady, args...)
 }
 
 // startServeIn runs `xdpcache serve args...` inside ns and waits until ready reports true and, when
@@ -246,30 +250,11 @@ func (p *serveProc) rss(t *testing.T) int64 {
 // of name.
 func (r *rig) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	// A plain HTTP/1.0 request on a connection dialled inside the namespace: http.Transport
-	// would dial from another goroutine, outside it.
-	var body []byte
-	if err := r.pair.Client.Do(func() error {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort), 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte("GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /metrics: %s", resp.Status)
-		}
-		body, err = io.ReadAll(resp.Body)
-		return err
-	}); err != nil {
+	code, body, err := r.httpGet("/metrics")
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("GET /metrics: %d", code)
+	}
+	if err != nil {
 		t.Fatalf("scrape metrics: %v", err)
 	}
 	for _, l := range strings.Split(string(body), "\n") {
@@ -283,6 +268,33 @@ func (r *rig) metric(t *testing.T, name string) float64 {
 	}
 	t.Fatalf("metric %s not in the scrape:\n%s", name, tail(string(body), 2048))
 	return 0
+}
+
+// httpGet fetches path from serve's metrics address, from the client namespace, and returns the
+// status code and body.
+func (r *rig) httpGet(path string) (code int, body []byte, err error) {
+	// A plain HTTP/1.0 request on a connection dialled inside the namespace: http.Transport
+	// would dial from another goroutine, outside it.
+	err = r.pair.Client.Do(func() error {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", netns.ServerIPv4, metricsPort), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte("GET " + path + " HTTP/1.0\r\nHost: metrics\r\n\r\n")); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		code = resp.StatusCode
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	return code, body, err
 }
 
 // statValue reads one `stats` field over a text connection.
@@ -317,4 +329,10 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
+}
+
+// spawnServe starts `xdpcache serve args...` inside ns, killed when the test ends.
+func spawnServe(t *testing.T, ns *netns.NS, args ...string) *serveProc {
+	t.Helper()
+	return startInNS(t, ns, func() string { return "" }, xdpcacheBinary(t), append([]string{"serve"}, args...)...)
 }
