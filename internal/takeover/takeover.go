@@ -333,7 +333,9 @@ func sendItems(c *net.UnixConn, st *cache.Store) (int, error) {
 	for _, key := range st.Keys() {
 		_, _ = st.Do(key, func(cur *cache.Item) (*cache.Item, cache.Op) {
 			if cur != nil {
-				all = append(all, kit{key, *cur})
+				it := *cur
+				it.Value = append([]byte(nil), cur.Value...) // the store's memory is Do's only
+				all = append(all, kit{key, it})
 			}
 			return nil, cache.Keep
 		})
