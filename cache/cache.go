@@ -196,6 +196,9 @@ type Store struct {
 	lastAutomove atomic.Int64
 	// rebalancing serializes page moves.
 	rebalancing sync.Mutex
+	// cleanup frees the off-heap memory when the Store is collected; Close does it first.
+	cleanup   runtime.Cleanup
+	closeOnce sync.Once
 }
 
 // New returns an empty Store.
@@ -248,14 +251,29 @@ func New(cfg Config) *Store {
 	default:
 		s.SetAutomove(cfg.Automove)
 	}
-	// Pages and index are outside the Go heap: return them when the Store is collected.
-	runtime.AddCleanup(s, func(m offHeapMemory) {
-		m.sl.freeMemory()
-		for i := range m.shards {
-			freeUint32(m.shards[i].buckets)
-		}
-	}, offHeapMemory{s.sl, s.shards})
+	// Pages and index are outside the Go heap: return them when the Store is collected, or at
+	// Close.
+	s.cleanup = runtime.AddCleanup(s, freeOffHeap, offHeapMemory{s.sl, s.shards})
 	return s
+}
+
+// freeOffHeap unmaps a store's pages and index.
+func freeOffHeap(m offHeapMemory) {
+	m.sl.freeMemory()
+	for i := range m.shards {
+		freeUint32(m.shards[i].buckets)
+	}
+}
+
+// Close returns the store's pages and index to the system at once instead of when the Store is
+// collected: the collector does not see memory outside the Go heap, so a program that makes many
+// stores (tests, fuzzing) could hold theirs until a collection its small heap never triggers. The
+// Store, and any value read from it inside Do, must not be used afterwards.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		s.cleanup.Stop()
+		freeOffHeap(offHeapMemory{s.sl, s.shards})
+	})
 }
 
 // offHeapMemory is what a collected Store's cleanup unmaps.

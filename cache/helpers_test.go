@@ -131,6 +131,7 @@ func newTestStore(t *testing.T, cfg Config) (*Store, *fakeClock, *recHook) {
 	t.Cleanup(func() {
 		h.checkLocked(t)
 		checkInvariants(t, s)
+		s.Close()
 	})
 	return s, clk, h
 }

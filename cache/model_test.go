@@ -64,6 +64,8 @@ func FuzzModel(f *testing.F) {
 		clk := newClock()
 		h := newRecHook(t)
 		s := New(Config{Shards: 2, MemoryLimit: 1 << 20, Now: clk.Now, Hook: h})
+		// At once: thousands of inputs would otherwise keep their stores' pages until a GC.
+		defer s.Close()
 		h.s = s
 		m := &model{items: make(map[string]modelItem)}
 		stored := make(map[string]int64) // unix nanos of each key's last successful store
