@@ -93,8 +93,10 @@ type xdpcacheBenchScratch struct {
 	Mseen          uint32
 	Mntok          uint32
 	Mlast          uint32
+	MkeyPos        uint32
+	MkeyOff        uint32
+	MkeyLen        uint32
 	MopqLen        uint32
-	_              [4]byte
 	Mtoks          uint64
 	MframeCsum     uint64
 	Locs           [32]uint32

@@ -184,6 +184,9 @@ struct scratch {
 	__u32 mseen;   /* mg: the flags asked for (meta.h MF_*) */
 	__u32 mntok;   /* mg: how many flags */
 	__u32 mlast;   /* mg: 1 when the key ended the line (no flags) */
+	__u32 mkey_pos; /* mg: packet offset of the key */
+	__u32 mkey_off; /* mg: the key's offset in mreq */
+	__u32 mkey_len; /* mg: the key's bytes as sent (base64 with b) */
 	__u32 mopq_len; /* mg: bytes of the O token */
 	__u64 mtoks;   /* mg: the flags' letters, in request order, one a byte */
 	__u64 mframe_csum; /* mg: the frame header's sum */

@@ -3,9 +3,10 @@
  * The reply is "VA <bytes> <flags>\r\n<value>\r\n" when v is asked for, else "HD <flags>\r\n";
  * the returned flags come in request order with the values the server gives them: f the client
  * flags, c the CAS unique, k the key, s the value's size, t -1 (items that never expire only: a
- * remaining TTL is the server's clock's to say), O the opaque echoed; v and q return nothing. Any
- * other flag (b, h, l, N, R, T, u, E...), a flag twice, more than MAX_META_FLAGS flags or an item
- * that carries meta-protocol state (META_MG unset) passes to the server.
+ * remaining TTL is the server's clock's to say), O the opaque echoed; v and q return nothing; b
+ * says the key is base64 (decoded here; k then returns it encoded, and b). Any other flag (h, l,
+ * N, R, T, u, E...), a flag twice, more than MAX_META_FLAGS flags or an item that carries
+ * meta-protocol state (META_MG unset) passes to the server.
  *
  * The header line is built in the scratch from the entry's own texts (key, flags, size, CAS) and
  * summed there; the value part is the entry's "\r\n<value>\r\n" with its precomputed sum.
@@ -31,6 +32,7 @@
 #define MF_S 0x20
 #define MF_Q 0x40
 #define MF_O 0x80
+#define MF_B 0x100
 
 static __always_inline __u32 meta_flag_bit(__u8 c)
 {
@@ -43,6 +45,7 @@ static __always_inline __u32 meta_flag_bit(__u8 c)
 	case 's': return MF_S;
 	case 'q': return MF_Q;
 	case 'O': return MF_O;
+	case 'b': return MF_B;
 	}
 	return 0;
 }
@@ -115,7 +118,7 @@ __noinline int meta_header(__u32 loc)
 	struct scratch *st = get_scratch();
 	struct entry_hdr *e;
 	const __u8 *ed;
-	__u64 len, hl, kl, cl, sl, fl, szoff, casoff, fkoff, x, sum = 0, toks;
+	__u64 len, hl, kl, cl, sl, fl, szoff, casoff, fkoff, x, sum = 0, toks, kpos, klen;
 	__u32 meta, seen, ntok, opq;
 	int o;
 
@@ -146,6 +149,10 @@ __noinline int meta_header(__u32 loc)
 	seen = st->mseen;
 	ntok = st->mntok;
 	opq = st->mopq_len;
+	kpos = st->mkey_off;
+	klen = st->mkey_len;
+	if (!in_range(kpos, 3, MREQ_BUF - 264) || !in_range(klen, 1, KEY_MAX))
+		return PASS_INTERNAL;
 
 	/* "VA <bytes>" or "HD", then the flags in request order. */
 	if (seen & MF_V) {
@@ -166,6 +173,12 @@ __noinline int meta_header(__u32 loc)
 		} else if (x == 'c') {
 			o = mput2(st, o, ' ', 'c');
 			o = mput(st, o, ed + casoff, cl - 1, 3);
+		} else if (x == 'k' && (seen & MF_B)) {
+			/* The token as the request had it, which decode_key found canonical: the
+			 * server's re-encoding of the key. */
+			o = mput2(st, o, ' ', 'k');
+			o = mput(st, o, st->mreq + kpos, klen, 32);
+			o = mput2(st, o, ' ', 'b');
 		} else if (x == 'k') {
 			o = mput2(st, o, ' ', 'k');
 			o = mput(st, o, ed + 6, kl, 32);
@@ -207,27 +220,140 @@ __noinline int meta_header(__u32 loc)
 	return 0;
 }
 
-/* meta_key finds the entry for the mg's key, which starts at st->pos, and checks that mg may be
- * answered from it. Returns 1 when the key ended the line, 0 when flags follow, or a negative
- * pass reason. */
-static __always_inline int meta_key(void *data, void *data_end, struct scratch *st)
+/* meta_key scans the mg's key, which starts at st->pos, and records where it is; the lookup waits
+ * for the flags, since b says the key is base64 (meta_lookup). Returns 1 when the key ended the
+ * line, 0 when flags follow, or a negative pass reason. */
+static __always_inline int meta_key(void *data, void *data_end, struct scratch *st, __u32 cmd_off)
 {
-	struct entry_hdr *e;
-	int ret;
+	__u32 pos = st->pos;
+	int n;
 
-	ret = find_key(st, 0, scan_key_in(data, data_end, st));
-	if (ret < 0)
-		return ret;
-	e = entry_at(st->locs[0]);
-	if (!e)
-		return -PASS_INTERNAL;
-	if (!(e->meta & META_MG))
-		return -PASS_META_FLAGS;
+	n = scan_key_in(data, data_end, st);
+	if (n < 0)
+		return n;
+	st->mkey_pos = pos;
+	st->mkey_off = pos - cmd_off;
+	st->mkey_len = n & 0xffff;
 	st->mtoks = 0;
 	st->mseen = 0;
 	st->mntok = 0;
 	st->mopq_len = 0;
-	return ret;
+	return n & SCAN_CRLF ? 1 : 0;
+}
+
+/* b64_plus1 maps a base64 character to its value plus one, anything else to 0. */
+static const __u8 b64_plus1[256] = {
+	['A'] = 1, ['B'] = 2, ['C'] = 3, ['D'] = 4, ['E'] = 5, ['F'] = 6, ['G'] = 7, ['H'] = 8, ['I'] =
+	9, ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14, ['O'] = 15, ['P'] = 16, ['Q'] =
+	17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21, ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] =
+	25, ['Z'] = 26, ['a'] = 27, ['b'] = 28, ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] =
+	33, ['h'] = 34, ['i'] = 35, ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] =
+	41, ['p'] = 42, ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] =
+	49, ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56, ['4'] =
+	57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63, ['/'] = 64
+};
+
+/* b64_group decodes the four characters at k + i into three bytes at k + out (in place: out <= i)
+ * without a branch, and returns nonzero if any character was not base64. */
+static __always_inline __u32 b64_group(__u8 *k, __u32 i, __u32 out)
+{
+	__u32 t0 = b64_plus1[k[i & 0xff]], t1 = b64_plus1[k[(i + 1) & 0xff]];
+	__u32 t2 = b64_plus1[k[(i + 2) & 0xff]], t3 = b64_plus1[k[(i + 3) & 0xff]];
+	__u32 v0 = (t0 - 1) & 63, v1 = (t1 - 1) & 63, v2 = (t2 - 1) & 63, v3 = (t3 - 1) & 63;
+
+	k[out & 0xff] = (v0 << 2) | (v1 >> 4);
+	k[(out + 1) & 0xff] = ((v1 & 15) << 4) | (v2 >> 2);
+	k[(out + 2) & 0xff] = ((v2 & 3) << 6) | v3;
+	return ((t0 - 1) | (t1 - 1) | (t2 - 1) | (t3 - 1)) & 0x80000000;
+}
+
+/* decode_key decodes the n base64 characters in st->key in place and hashes the result as
+ * scan_key_in hashes a key. Only the canonical encoding is taken (padding as the server writes it,
+ * unused bits zero), because the reply's k returns the key re-encoded: any other would differ.
+ * Returns the key's length, or a negative pass reason. */
+static __always_inline int decode_key(struct scratch *st, __u32 n)
+{
+	__u8 *k = (__u8 *)st->key;
+	__u32 out = 0, groups = n / 4, bad = 0, i, t2, t3, v1, v2;
+	__u64 h = HASH_SEED;
+
+	if (n == 0 || n % 4 || n > 248)
+		return -PASS_META_FLAGS;
+	/* Every group but the last: no padding. */
+	for (__u32 g = 0; g < 61; g++) {
+		if (g + 1 >= groups)
+			break;
+		bad |= b64_group(k, g * 4, out);
+		out += 3;
+	}
+	/* The last group: "xx==" is one byte, "xxx=" two, and the bits after them must be 0. */
+	i = (groups - 1) * 4;
+	t2 = k[(i + 2) & 0xff];
+	t3 = k[(i + 3) & 0xff];
+	v1 = (b64_plus1[k[(i + 1) & 0xff]] - 1) & 63;
+	v2 = (b64_plus1[t2] - 1) & 63;
+	if (t2 == '=' && t3 == '=') {
+		k[(i + 2) & 0xff] = 'A';
+		k[(i + 3) & 0xff] = 'A';
+		bad |= b64_group(k, i, out) | (v1 & 15);
+		out += 1;
+	} else if (t3 == '=') {
+		k[(i + 3) & 0xff] = 'A';
+		bad |= b64_group(k, i, out) | (v2 & 3);
+		out += 2;
+	} else {
+		bad |= b64_group(k, i, out);
+		out += 3;
+	}
+	if (bad || out > KEY_MAX)
+		return -PASS_META_FLAGS;
+	/* Zeros after the key in its last word, as scan_key_in leaves them, then the same hash. */
+	for (__u32 j = 0; j < 8; j++) {
+		if ((out + j) % 8 == 0)
+			break;
+		k[(out + j) & 0xff] = 0;
+	}
+	for (__u32 w = 0; w < KEY_WORDS; w++) {
+		if (w * 8 >= out)
+			break;
+		h = hash_word(h, st->key[w]);
+	}
+	st->hash = hash_final(h, out);
+	return out;
+}
+
+/* meta_lookup finds the entry for the mg's key, scanned again from st->mkey_pos (the flags'
+ * scans took the scratch's key) and decoded when b is set, and checks that mg may be answered
+ * from it. Returns 0 or a pass reason. */
+static __always_inline int meta_lookup(void *data, void *data_end, struct scratch *st)
+{
+	struct entry_hdr *e;
+	__u32 pos = st->pos;
+	int n, ret;
+
+	st->pos = st->mkey_pos;
+	n = scan_key_in(data, data_end, st);
+	st->pos = pos;
+	if (n < 0)
+		return -n;
+	n &= 0xffff;
+	if (st->mseen & MF_B) {
+		n = decode_key(st, n);
+		if (n < 0)
+			return -n;
+	}
+	ret = find_key(st, 0, n);
+	if (ret < 0)
+		return -ret;
+	e = entry_at(st->locs[0]);
+	if (!e)
+		return PASS_INTERNAL;
+	if (!(e->meta & META_MG))
+		return PASS_META_FLAGS;
+	/* t returns the remaining TTL: only "never" (-1) is the kernel's to say. */
+	if ((st->mseen & MF_T) && e->expires_ns)
+		return PASS_META_FLAGS;
+	return 0;
 }
 
 /* meta_flag reads flag i of an mg at st->pos: a token like a key (scan_key_in), one letter, or O
@@ -235,7 +361,6 @@ static __always_inline int meta_key(void *data, void *data_end, struct scratch *
  * follows, or a negative pass reason. */
 static __always_inline int meta_flag(void *data, void *data_end, struct scratch *st, __u32 i)
 {
-	struct entry_hdr *e;
 	__u32 bit, seen = st->mseen;
 	__u64 x;
 	int n, last;
@@ -251,12 +376,6 @@ static __always_inline int meta_flag(void *data, void *data_end, struct scratch 
 	bit = meta_flag_bit(x);
 	if (!bit || (seen & bit) || (bit != MF_O && n != 1) || n > MOPQ_MAX)
 		return -PASS_META_FLAGS;
-	if (bit == MF_T) {
-		/* t returns the remaining TTL: only "never" (-1) is the kernel's to say. */
-		e = entry_at(st->locs[0]);
-		if (!e || e->expires_ns)
-			return -PASS_META_FLAGS;
-	}
 	if (bit == MF_O) {
 #pragma unroll
 		for (int w = 0; w < MOPQ_MAX / 8; w++)

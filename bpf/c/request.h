@@ -110,9 +110,9 @@ __noinline int REQ_FN(meta_flag)(REQ_CTX *ctx, __u32 i)
 }
 
 /* meta_pass starts the first pass over an mg (meta.h), the command cmd_len bytes at cmd_off, whose
- * key starts at the scratch's pos: the key found, and st->mlast set when no flags follow. The
- * program itself then reads the flags (meta_flag) and has the header line built (meta_header),
- * which keeps the call stack one deep. A global
+ * key starts at the scratch's pos: the key scanned, and st->mlast set when no flags follow. The
+ * program itself then reads the flags (meta_flag), finds the entry (meta_lookup) and has the header
+ * line built (meta_header), which keeps the call stack one deep. A global
  * function, so that the verifier checks it once. It keeps the command to put it back should a
  * helper fail. Returns 0 or a pass reason. */
 __noinline int REQ_FN(meta_pass)(REQ_CTX *ctx, __u32 cmd_off, __u32 cmd_len)
@@ -130,12 +130,23 @@ __noinline int REQ_FN(meta_pass)(REQ_CTX *ctx, __u32 cmd_off, __u32 cmd_len)
 	frame_csum = st->csum;
 	if (save_request(data, data_end, st, cmd_off, cmd_len))
 		return PASS_MALFORMED;
-	ret = meta_key(data, data_end, st);
+	ret = meta_key(data, data_end, st, cmd_off);
 	if (ret < 0)
 		return -ret;
 	st->mframe_csum = frame_csum;
 	st->mlast = ret;
 	return 0;
+}
+
+/* meta_lookup finds the mg's entry once its flags are read (meta.h), in one call. Returns 0 or a
+ * pass reason. */
+__noinline int REQ_FN(meta_lookup)(REQ_CTX *ctx)
+{
+	struct scratch *st = get_scratch();
+
+	if (!st)
+		return PASS_INTERNAL;
+	return meta_lookup((void *)(long)ctx->data, (void *)(long)ctx->data_end, st);
 }
 
 /* emit_meta writes an mg reply's payload at pos (meta.h), in one call. Returns 0 or -1. */
@@ -238,6 +249,9 @@ static __always_inline int REQ_FN(first_pass)(REQ_CTX *ctx, struct scratch **stp
 			return -ret;
 		if (ret != 1)
 			return PASS_META_FLAGS;
+		ret = REQ_FN(meta_lookup)(ctx);
+		if (ret)
+			return ret;
 		ret = meta_header(st->locs[0]);
 		if (ret)
 			return ret;

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"testing"
@@ -11,7 +12,8 @@ import (
 )
 
 // TestKernelAnswersEveryValueSize: on a veth pair in native mode and on lo in generic mode, where
-// an XDP frame has room for replies of a few hundred bytes at most, get, gets and mg of values from
+// an XDP frame has room for replies of a few hundred bytes at most, get, gets and mg (also with a
+// base64 key) of values from
 // small to the largest whose reply fits one datagram are answered in the kernel (the mark on every
 // reply, the server's UDP counter still), byte for byte what the server answers; the large ones by
 // the TC program.
@@ -34,10 +36,13 @@ func TestKernelAnswersEveryValueSize(t *testing.T) {
 				if err := mc.Set(&memcache.Item{Key: key, Value: value, Flags: 3}); err != nil {
 					t.Fatalf("TCP set %d bytes: %v", size, err)
 				}
-				for _, verb := range []string{"get", "gets", "mg"} {
+				for _, verb := range []string{"get", "gets", "mg", "mg b"} {
 					req := verb + " " + key + "\r\n"
-					if verb == "mg" {
+					switch verb {
+					case "mg":
 						req = "mg " + key + " v f c t\r\n"
+					case "mg b":
+						req = "mg " + base64.StdEncoding.EncodeToString([]byte(key)) + " b v\r\n"
 					}
 					want := userspaceReply(t, r, req)
 					if len(want)+protocol.FrameHeaderLen > protocol.MaxDatagram {
