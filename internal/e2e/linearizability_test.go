@@ -159,7 +159,7 @@ var linModel = porcupine.Model{
 
 // linStats summarise a recorded history.
 type linStats struct {
-	ops, kernelReads, udpReads, tcpOps, udpTimeouts int
+	ops, kernelReads, udpReads, tcpOps, udpTimeouts, kernelMetaReads int
 }
 
 // recordHistory runs the workload against the rig until ops operations are recorded or limit
@@ -204,19 +204,26 @@ func recordHistory(t *testing.T, r *rig, ops int, limit time.Duration) ([]porcup
 		st.udpReads += s.udpReads
 		st.tcpOps += s.tcpOps
 		st.udpTimeouts += s.udpTimeouts
+		st.kernelMetaReads += s.kernelMetaReads
 		mu.Unlock()
 	}
 	more := func(n int) bool {
 		return count.Add(int64(n)) <= int64(ops) && time.Now().Before(deadline)
 	}
-	// udpRead sends one get or gets of ks and appends one operation per key.
+	// udpRead sends one get or gets of ks and appends one operation per key. A gets of one key is
+	// sent as "mg <key> v c" every other time: the same read, answered on the mg path.
 	udpRead := func(g *udpGetter, id int, kind opKind, ks []string, local []porcupine.Operation, s *linStats) ([]porcupine.Operation, error) {
 		cmd := "get "
 		if kind == opGets {
 			cmd = "gets "
 		}
+		meta := kind == opGets && len(ks) == 1 && g.id%2 == 0
+		req := cmd + strings.Join(ks, " ") + "\r\n"
+		if meta {
+			req = "mg " + ks[0] + " v c\r\n"
+		}
 		call := now()
-		reply, kernel, err := g.do(cmd + strings.Join(ks, " ") + "\r\n")
+		reply, kernel, err := g.do(req)
 		ret := now()
 		if err == errUDPTimeout {
 			s.udpTimeouts++
@@ -225,13 +232,21 @@ func recordHistory(t *testing.T, r *rig, ops int, limit time.Duration) ([]porcup
 		if err != nil {
 			return local, err
 		}
-		res, err := parseGetReply(reply, ks)
+		var res []getResult
+		if meta {
+			res, err = parseMetaGetReply(reply)
+		} else {
+			res, err = parseGetReply(reply, ks)
+		}
 		if err != nil {
 			return local, err
 		}
 		s.udpReads++
 		if kernel {
 			s.kernelReads++
+			if meta {
+				s.kernelMetaReads++
+			}
 		}
 		for j, k := range ks {
 			local = append(local, porcupine.Operation{ClientId: id,
@@ -384,8 +399,8 @@ func TestLinearizable(t *testing.T) {
 	r := newRig(t, "always")
 	want := linOps(t, 100_000)
 	h, st := recordHistory(t, r, want, 50*time.Second)
-	t.Logf("%d operations: %d UDP reads (%d answered by the kernel, %d lost), %d TCP operations",
-		st.ops, st.udpReads, st.kernelReads, st.udpTimeouts, st.tcpOps)
+	t.Logf("%d operations: %d UDP reads (%d answered by the kernel, %d of them mg, %d lost), %d TCP operations",
+		st.ops, st.udpReads, st.kernelReads, st.kernelMetaReads, st.udpTimeouts, st.tcpOps)
 	// Lost UDP requests are dropped from the history; a handful are tolerable, not a tenth.
 	if st.ops < want*9/10 {
 		t.Fatalf("recorded %d operations, want at least %d (the time limit hit first)", st.ops, want*9/10)
@@ -393,6 +408,9 @@ func TestLinearizable(t *testing.T) {
 	// Without kernel answers this would test only the Go server.
 	if st.kernelReads < st.udpReads/10 {
 		t.Fatalf("the kernel answered %d of %d UDP reads: too few to test the kernel path", st.kernelReads, st.udpReads)
+	}
+	if st.kernelMetaReads == 0 {
+		t.Fatalf("the kernel answered none of the mg reads: the mg path is untested")
 	}
 	if tc := r.tcHits(t); tc == 0 {
 		t.Fatalf("the TC program answered none of the large values' reads: its path is untested")
@@ -418,3 +436,22 @@ func TestLinearizabilityCatchesStaleKernel(t *testing.T) {
 }
 
 var _ server.KernelCache = forgetfulKernel{}
+
+// parseMetaGetReply reads the reply to "mg <key> v c": "VA <bytes> c<cas>\r\n<data>\r\n", or
+// "EN\r\n" for a miss.
+func parseMetaGetReply(reply string) ([]getResult, error) {
+	if reply == "EN\r\n" {
+		return []getResult{{}}, nil
+	}
+	hdr, data, ok := strings.Cut(reply, "\r\n")
+	f := strings.Fields(hdr)
+	if !ok || len(f) != 3 || f[0] != "VA" || !strings.HasPrefix(f[2], "c") {
+		return nil, fmt.Errorf("parse mg reply %q: %w", reply, errProtocol)
+	}
+	n, err1 := strconv.Atoi(f[1])
+	cas, err2 := strconv.ParseUint(f[2][1:], 10, 64)
+	if err1 != nil || err2 != nil || len(data) != n+2 || !strings.HasSuffix(data, "\r\n") {
+		return nil, fmt.Errorf("parse mg reply %q: %w", reply, errProtocol)
+	}
+	return []getResult{{found: true, value: data[:n], cas: cas}}, nil
+}
