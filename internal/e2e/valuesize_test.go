@@ -3,10 +3,15 @@ package e2e
 import (
 	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/xdpcache/xdpcache/bpf"
+	"github.com/xdpcache/xdpcache/internal/netns"
+	"github.com/xdpcache/xdpcache/internal/testenv"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
@@ -21,7 +26,7 @@ func TestKernelAnswersEveryValueSize(t *testing.T) {
 	for _, where := range []struct {
 		name string
 		rig  func(*testing.T, string) *rig
-	}{{"veth native", newRig}, {"lo generic", newLoopbackRig}} {
+	}{{"veth native", newRig}, {"veth native ipv6", newRig6}, {"lo generic", newLoopbackRig}} {
 		t.Run(where.name, func(t *testing.T) {
 			r := where.rig(t, "always")
 			mc := r.memcacheClient()
@@ -95,4 +100,12 @@ func (r *rig) tcHits(t *testing.T) uint64 {
 		t.Fatalf("kernel TC hits: %v", err)
 	}
 	return n
+}
+
+// newRig6 is newRig with the server on the veth's IPv6 address.
+func newRig6(t *testing.T, admission string) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	pair := newPassPair(t, "xce6")
+	return startRig(t, pair, admission, pair.ServerIf, bpf.ModeNative, netip.AddrPortFrom(netns.ServerIPv6, testPort), nil)
 }
