@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -139,5 +140,47 @@ func TestDetachAttach(t *testing.T) {
 	}
 	if _, err := a.Detach(ctx); err != ErrDetached {
 		t.Errorf("second Detach: %v, want ErrDetached", err)
+	}
+}
+
+// TestTrackChanges: every kind of change to the store is recorded while tracking, and nothing
+// before or after; a flush_all says every key may have changed.
+func TestTrackChanges(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := dialText(t, ts.tcpAddr)
+	for _, req := range []string{"set before 0 0 1\r\nx\r\n", "set gone 0 0 1\r\nx\r\n", "set touched 0 0 1\r\nx\r\n", "set counted 0 0 1\r\n1\r\n"} {
+		if got := c.roundTrip(req); got != "STORED\r\n" {
+			t.Fatalf("%q: %q", req, got)
+		}
+	}
+	stop := ts.TrackChanges()
+	for req, want := range map[string]string{
+		"set new 0 0 1\r\nx\r\n": "STORED\r\n",
+		"delete gone\r\n":        "DELETED\r\n",
+		"touch touched 100\r\n":  "TOUCHED\r\n",
+		"incr counted 1\r\n":     "2\r\n",
+		"get before\r\n":         "VALUE before 0 1\r\nx\r\nEND\r\n", // a read is no change
+	} {
+		if got := c.roundTrip(req); got != want {
+			t.Fatalf("%q: %q, want %q", req, got, want)
+		}
+	}
+	keys, all := stop()
+	slices.Sort(keys)
+	if want := []string{"counted", "gone", "new", "touched"}; !slices.Equal(keys, want) || all {
+		t.Fatalf("changed %v (all %v), want %v", keys, all, want)
+	}
+	if got := c.roundTrip("set after 0 0 1\r\nx\r\n"); got != "STORED\r\n" {
+		t.Fatalf("set after: %q", got)
+	}
+	if keys, _ := stop(); len(keys) != 4 {
+		t.Fatalf("a change after the stop was recorded: %v", keys)
+	}
+	stop = ts.TrackChanges()
+	if got := c.roundTrip("flush_all\r\n"); got != "OK\r\n" {
+		t.Fatalf("flush_all: %q", got)
+	}
+	if _, all := stop(); !all {
+		t.Fatal("a flush_all during tracking did not say every key changed")
 	}
 }

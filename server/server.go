@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +121,8 @@ type Server struct {
 	started time.Time
 	// verbosity is only remembered for `stats settings`: the server does not log.
 	verbosity atomic.Uint32
+	// changes, when set, records the store's changed keys for a takeover (TrackChanges).
+	changes atomic.Pointer[changeLog]
 
 	sessions sync.Pool
 
@@ -187,14 +190,10 @@ func New(cfg Config) (*Server, error) {
 		udpConns:  make(map[*net.UDPConn]struct{}),
 		conns:     make(map[net.Conn]*tcpConn),
 	}
-	var hook cache.Hook
-	if cfg.Kernel != nil {
-		hook = kernelHook{s}
-	}
 	s.store = cache.New(cache.Config{
 		MemoryLimit: cfg.MemoryLimit,
 		MaxItemSize: cfg.MaxItemSize,
-		Hook:        hook,
+		Hook:        storeHook{s},
 	})
 	s.be = localBackend{s}
 	if len(cfg.Upstreams) > 0 {
@@ -226,19 +225,60 @@ func New(cfg Config) (*Server, error) {
 // Store is the server's item store.
 func (s *Server) Store() *cache.Store { return s.store }
 
-// kernelHook keeps the kernel copy consistent: the store calls it under the key's lock, before the
-// write is acknowledged. Errors are counted, never logged per request.
-type kernelHook struct{ s *Server }
+// storeHook keeps the kernel copy consistent: the store calls it under the key's lock, before the
+// write is acknowledged. Errors are counted, never logged per request. While a takeover copies the
+// store, it also records which keys changed (TrackChanges).
+type storeHook struct{ s *Server }
 
-func (h kernelHook) Changed(key string) {
-	if err := h.s.kernel.Invalidate(key); err != nil {
-		h.s.st.kernelErrors.Add(1)
+func (h storeHook) Changed(key string) {
+	if h.s.kernel != nil {
+		if err := h.s.kernel.Invalidate(key); err != nil {
+			h.s.st.kernelErrors.Add(1)
+		}
+	}
+	if l := h.s.changes.Load(); l != nil {
+		l.mu.Lock()
+		l.keys[strings.Clone(key)] = struct{}{} // key may be a view of a request buffer
+		l.mu.Unlock()
 	}
 }
 
-func (h kernelHook) Flushed(deadline time.Time) {
-	if err := h.s.kernel.Flush(deadline); err != nil {
-		h.s.st.kernelErrors.Add(1)
+func (h storeHook) Flushed(deadline time.Time) {
+	if h.s.kernel != nil {
+		if err := h.s.kernel.Flush(deadline); err != nil {
+			h.s.st.kernelErrors.Add(1)
+		}
+	}
+	if l := h.s.changes.Load(); l != nil {
+		l.mu.Lock()
+		l.all = true
+		l.mu.Unlock()
+	}
+}
+
+// changeLog is the set of keys changed since TrackChanges began.
+type changeLog struct {
+	mu   sync.Mutex
+	keys map[string]struct{}
+	all  bool // a flush_all: every key may have changed
+}
+
+// TrackChanges records the key of every change to the store (writes, deletions, expiries,
+// evictions) from now until the returned function is called, which returns those keys, and
+// all = true if a flush_all came meanwhile. A takeover copies the store while serving and then
+// sends only what changed. One tracking at a time.
+func (s *Server) TrackChanges() (stop func() (keys []string, all bool)) {
+	l := &changeLog{keys: make(map[string]struct{})}
+	s.changes.Store(l)
+	return func() ([]string, bool) {
+		s.changes.CompareAndSwap(l, nil)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		keys := make([]string, 0, len(l.keys))
+		for k := range l.keys {
+			keys = append(keys, k)
+		}
+		return keys, l.all
 	}
 }
 

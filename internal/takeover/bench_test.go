@@ -9,12 +9,13 @@ import (
 	"github.com/xdpcache/xdpcache/cache"
 )
 
-// BenchmarkTakeover measures a takeover's pause, from the old server's Detach to the new one
-// serving (no kernel path), by store size: items of 100-byte values.
+// BenchmarkTakeover measures a takeover by store size (no kernel path, items of 100-byte values):
+// the whole of it, and its pause, from the old server's Detach to its commit (the items are
+// copied before, while the old server serves).
 func BenchmarkTakeover(b *testing.B) {
 	for _, items := range []int{1000, 10000, 100000} {
 		b.Run(fmt.Sprintf("items=%d", items), func(b *testing.B) {
-			var total time.Duration
+			var total, paused time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				old := startNodeB(b)
@@ -33,7 +34,10 @@ func BenchmarkTakeover(b *testing.B) {
 				}
 				served := make(chan error, 1)
 				go func() {
-					_, err := l.Serve(context.Background(), Giver{Server: old.srv, Identity: identityB(old)}, nil)
+					h, err := l.Serve(context.Background(), Giver{Server: old.srv, Identity: identityB(old)}, nil)
+					if h != nil {
+						paused += h.Paused
+					}
 					served <- err
 				}()
 				next := newNodeB(b)
@@ -56,6 +60,7 @@ func BenchmarkTakeover(b *testing.B) {
 				next.shutdown()
 			}
 			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/takeover")
+			b.ReportMetric(float64(paused.Microseconds())/1e3/float64(b.N), "pause-ms")
 		})
 	}
 }

@@ -4,10 +4,12 @@
 // descriptors as SCM_RIGHTS (as Envoy's and HAProxy's hot restarts pass theirs).
 //
 // The old process (Serve) waits on the control socket. A new process started with the same
-// ports (Take) connects and says who it is; the old one stops serving at request boundaries
-// (server.Detach: nothing is read, so nothing is written, from then on), passes its sockets
-// and link descriptors, and streams the keys of its kernel cache and then every live item. The
-// new one installs the items (flags, expiry, CAS, access state; LRU order as far as the
+// ports (Take) connects and says who it is; the old one, still serving, copies every live item
+// over while recording which keys change (server.TrackChanges); then it stops serving at request
+// boundaries (server.Detach: nothing is read, so nothing is written, from then on), passes its
+// sockets and link descriptors, and streams the keys of its kernel cache and then only the items
+// changed or deleted since the copy (all of them again after a flush_all), so the pause grows
+// with the writes made during the copy, not with the store. The new one installs the items (flags, expiry, CAS, access state; LRU order as far as the
 // store's last-access seconds tell it), fills its own kernel cache with the keys the old one
 // held, replaces the program on the running links with its own (so the interface never goes
 // without one, and the kernel answers hits throughout, from the old maps and then from the
@@ -43,6 +45,8 @@ const (
 	// doneTimeout bounds how long the old process waits, detached, for the new one to install
 	// the items and start serving.
 	doneTimeout = 60 * time.Second
+	// copyTimeout bounds the copy of the items made while the old process still serves.
+	copyTimeout = 10 * time.Minute
 )
 
 // Identity is what must match between the old and the new process: the same sockets and the
@@ -132,6 +136,9 @@ type Handed struct {
 	Items  int
 	Conns  int
 	Kernel int // kernel cache keys sent
+	// Paused is how long the old process was detached before the commit: what requests that
+	// reach userspace waited in the sockets' queues.
+	Paused time.Duration
 }
 
 // Serve answers takeover requests until one succeeds, which it returns, or until ctx ends (nil,
@@ -188,6 +195,28 @@ func give(c *net.UnixConn, g Giver) (h *Handed, err error) {
 		return nil, fmt.Errorf("refused a takeover from pid %d: %s", hi.PID, reason)
 	}
 
+	// The items, copied while still serving; after Detach only what changed meanwhile follows,
+	// so the pause does not grow with the store.
+	_ = c.SetDeadline(time.Now().Add(copyTimeout))
+	stopTracking := g.Server.TrackChanges()
+	tracking := true
+	defer func() {
+		if tracking {
+			stopTracking()
+		}
+	}()
+	npre, err := sendItems(c, g.Server.Store(), nil, kindPreItems)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFrame(c, kindPreEnd, nil); err != nil {
+		return nil, fmt.Errorf("send the end of the copy: %w", err)
+	}
+	// Wait until the new process has installed the copy: the pause starts only then.
+	if kind, _, err := readFrame(c, 0); err != nil || kind != kindCopied {
+		return nil, fmt.Errorf("wait for the copy to be installed: frame %q, %v", kind, err)
+	}
+
 	// Everything that can fail without disturbing service, first.
 	var linkFiles []*os.File
 	var links *linkMeta
@@ -216,6 +245,7 @@ func give(c *net.UnixConn, g Giver) (h *Handed, err error) {
 
 	// From here on the server is detached; any failure puts it back.
 	dctx, cancel := context.WithTimeout(context.Background(), detachTimeout)
+	detached := time.Now()
 	sk, derr := g.Server.Detach(dctx)
 	cancel()
 	if sk == nil {
@@ -275,10 +305,22 @@ func give(c *net.UnixConn, g Giver) (h *Handed, err error) {
 	if err != nil {
 		return nil, err
 	}
-	nitems, err := sendItems(c, g.Server.Store())
+	changed, all := stopTracking()
+	tracking = false
+	var nitems int
+	if all {
+		// A flush_all during the copy: every key may differ; send them all again.
+		if err := writeFrame(c, kindReset, nil); err != nil {
+			return nil, fmt.Errorf("send reset: %w", err)
+		}
+		nitems, err = sendItems(c, g.Server.Store(), nil, kindItems)
+	} else {
+		nitems, err = sendChanged(c, g.Server.Store(), changed)
+	}
 	if err != nil {
 		return nil, err
 	}
+	nitems += npre
 	if err := writeFrame(c, kindEnd, nil); err != nil {
 		return nil, fmt.Errorf("send end: %w", err)
 	}
@@ -295,7 +337,7 @@ func give(c *net.UnixConn, g Giver) (h *Handed, err error) {
 		return nil, fmt.Errorf("tell the new process (pid %d) to serve: %w", hi.PID, err)
 	}
 	_ = derr // connections closed at Detach are the only loss; the takeover stands
-	return &Handed{To: hi.PID, Items: nitems, Conns: len(sk.Conns), Kernel: nkeys}, nil
+	return &Handed{To: hi.PID, Items: nitems, Conns: len(sk.Conns), Kernel: nkeys, Paused: time.Since(detached)}, nil
 }
 
 func sendKernelKeys(c *net.UnixConn, k *bpf.Cache) (int, error) {
@@ -321,16 +363,19 @@ func sendKernelKeys(c *net.UnixConn, k *bpf.Cache) (int, error) {
 	return len(keys), nil
 }
 
-// sendItems streams the store's live items, least recently used first, so that installing
-// them in order rebuilds the LRU order (to the second of their last access: the store's API
-// gives no finer order).
-func sendItems(c *net.UnixConn, st *cache.Store) (int, error) {
+// sendItems streams the live items of keys (nil: the whole store) in kind frames, least
+// recently used first, so that installing them in order rebuilds the LRU order (to the second of
+// their last access: the store's API gives no finer order).
+func sendItems(c *net.UnixConn, st *cache.Store, keys []string, kind byte) (int, error) {
 	type kit struct {
 		key string
 		it  cache.Item
 	}
 	var all []kit
-	for _, key := range st.Keys() {
+	if keys == nil {
+		keys = st.Keys()
+	}
+	for _, key := range keys {
 		_, _ = st.Do(key, func(cur *cache.Item) (*cache.Item, cache.Op) {
 			if cur != nil {
 				it := *cur
@@ -345,7 +390,7 @@ func sendItems(c *net.UnixConn, st *cache.Store) (int, error) {
 	for i := range all {
 		rec := appendItem(nil, all[i].key, &all[i].it)
 		if len(b) > 0 && len(b)+len(rec) > maxFrame {
-			if err := writeFrame(c, kindItems, b); err != nil {
+			if err := writeFrame(c, kind, b); err != nil {
 				return 0, fmt.Errorf("send items: %w", err)
 			}
 			b = b[:0]
@@ -353,11 +398,52 @@ func sendItems(c *net.UnixConn, st *cache.Store) (int, error) {
 		b = append(b, rec...)
 	}
 	if len(b) > 0 {
-		if err := writeFrame(c, kindItems, b); err != nil {
+		if err := writeFrame(c, kind, b); err != nil {
 			return 0, fmt.Errorf("send items: %w", err)
 		}
 	}
 	return len(all), nil
+}
+
+// sendChanged sends the keys changed since the copy: the items of those still there, then the
+// keys of those gone.
+func sendChanged(c *net.UnixConn, st *cache.Store, changed []string) (int, error) {
+	var live, gone []string
+	for _, key := range changed {
+		found := false
+		_, _ = st.Do(key, func(cur *cache.Item) (*cache.Item, cache.Op) {
+			found = cur != nil
+			return nil, cache.Keep
+		})
+		if found {
+			live = append(live, key)
+		} else {
+			gone = append(gone, key)
+		}
+	}
+	n := 0
+	if len(live) > 0 { // sendItems takes nil keys for the whole store
+		var err error
+		if n, err = sendItems(c, st, live, kindItems); err != nil {
+			return 0, err
+		}
+	}
+	var b []byte
+	for _, key := range gone {
+		b = appendKey(b, key)
+		if len(b) >= maxFrame/2 {
+			if err := writeFrame(c, kindDeleted, b); err != nil {
+				return 0, fmt.Errorf("send deleted keys: %w", err)
+			}
+			b = b[:0]
+		}
+	}
+	if len(b) > 0 {
+		if err := writeFrame(c, kindDeleted, b); err != nil {
+			return 0, fmt.Errorf("send deleted keys: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // Taker is what the new process takes over with.
@@ -400,9 +486,36 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 	if err := writeJSON(c, kindHello, hello{Identity: tk.Identity, PID: os.Getpid()}); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
 	}
+	// The copy made while the old process serves, up to its offer.
+	st := tk.Server.Store()
+	copied := map[string]bool{}
+	var maxCAS uint64
 	var o offer
-	if err := expectJSON(c, kindOffer, &o); err != nil {
-		return nil, fmt.Errorf("take over: %w", err)
+	for {
+		kind, b, err := readFrame(c, maxItemFrame)
+		if err != nil {
+			return nil, fmt.Errorf("take over: %w", err)
+		}
+		if kind == kindPreEnd {
+			if err := writeFrame(c, kindCopied, nil); err != nil {
+				return nil, fmt.Errorf("take over: %w", err)
+			}
+			continue
+		}
+		if kind != kindPreItems {
+			if err := decodeJSON(kind, b, kindOffer, &o); err != nil {
+				return nil, fmt.Errorf("take over: %w", err)
+			}
+			break
+		}
+		if err := parseItems(b, func(m movedItem) error {
+			maxCAS = max(maxCAS, m.it.CAS)
+			copied[m.key] = true
+			_, err := install(st, nil, m, false)
+			return err
+		}); err != nil {
+			return nil, err
+		}
 	}
 	// From here on the old process waits, detached, for done: say why if anything fails.
 	saidDone := false
@@ -442,10 +555,9 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 		return nil, fmt.Errorf("the running server's links are on %s, not %s", o.Links.Iface, tk.Identity.XDPIface)
 	}
 
-	t = &Taken{From: o.PID, Conns: len(o.Conns), Links: o.Links != nil}
-	st := tk.Server.Store()
+	t = &Taken{From: o.PID, Conns: len(o.Conns), Links: o.Links != nil, Items: len(copied)}
 	kernelKeys := map[string]bool{}
-	var maxCAS uint64
+	filled := map[string]bool{}
 	for {
 		kind, b, err := readFrame(c, maxItemFrame)
 		if err != nil {
@@ -460,18 +572,38 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 		case kindItems:
 			if err := parseItems(b, func(m movedItem) error {
 				maxCAS = max(maxCAS, m.it.CAS)
-				filled, err := install(st, tk.Kernel, m, kernelKeys[m.key])
+				ok, err := install(st, tk.Kernel, m, kernelKeys[m.key])
 				if err != nil {
 					return err
 				}
-				t.Items++
-				if filled {
-					t.Kernel++
+				if !copied[m.key] {
+					t.Items++
+				}
+				if ok {
+					filled[m.key] = true
 				}
 				return nil
 			}); err != nil {
 				return nil, err
 			}
+			continue
+		case kindDeleted:
+			if err := parseKeys(b, func(k string) {
+				_, _ = st.Do(k, func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
+				if copied[k] {
+					t.Items--
+					delete(copied, k)
+				}
+			}); err != nil {
+				return nil, err
+			}
+			continue
+		case kindReset:
+			for k := range copied {
+				_, _ = st.Do(k, func(*cache.Item) (*cache.Item, cache.Op) { return nil, cache.Delete })
+			}
+			copied = map[string]bool{}
+			t.Items = 0
 			continue
 		case kindEnd:
 		default:
@@ -480,6 +612,20 @@ func Take(ctx context.Context, path string, tk Taker) (t *Taken, err error) {
 		break
 	}
 	st.RaiseCAS(maxCAS)
+	// The kernel keys of items copied before the offer and unchanged since: fill them now.
+	if tk.Kernel != nil {
+		for k := range kernelKeys {
+			if filled[k] || !copied[k] {
+				continue
+			}
+			if ok, err := fillKernel(st, tk.Kernel, k); err != nil {
+				return nil, err
+			} else if ok {
+				filled[k] = true
+			}
+		}
+	}
+	t.Kernel = len(filled)
 
 	if o.Links != nil {
 		owned = false
@@ -563,7 +709,8 @@ func install(st *cache.Store, k *bpf.Cache, m movedItem, inKernel bool) (filled 
 		}
 		cur.LastAccess, cur.Fetched, cur.Stale, cur.WinIssued = m.it.LastAccess, m.it.Fetched, m.it.Stale, m.it.WinIssued
 		if inKernel && k != nil {
-			ki := kernelcache.Item{Key: m.key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS}
+			ki := kernelcache.Item{Key: m.key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
+				MetaState: cur.Stale || cur.WinIssued}
 			if cur.Exptime != 0 {
 				ki.Expires = time.Unix(cur.Exptime, 0)
 			}
@@ -574,6 +721,30 @@ func install(st *cache.Store, k *bpf.Cache, m movedItem, inKernel bool) (filled 
 	})
 	if ferr != nil {
 		return false, fmt.Errorf("fill the kernel cache with %q: %w", m.key, ferr)
+	}
+	return filled, nil
+}
+
+// fillKernel fills the kernel cache with key's item as the store holds it, under the key's lock.
+// It reports whether it did.
+func fillKernel(st *cache.Store, k *bpf.Cache, key string) (bool, error) {
+	var ferr error
+	filled := false
+	_, _ = st.Do(key, func(cur *cache.Item) (*cache.Item, cache.Op) {
+		if cur == nil {
+			return nil, cache.Keep
+		}
+		ki := kernelcache.Item{Key: key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
+			MetaState: cur.Stale || cur.WinIssued}
+		if cur.Exptime != 0 {
+			ki.Expires = time.Unix(cur.Exptime, 0)
+		}
+		ferr = k.Fill(ki)
+		filled = ferr == nil
+		return nil, cache.Keep
+	})
+	if ferr != nil {
+		return false, fmt.Errorf("fill the kernel cache with %q: %w", key, ferr)
 	}
 	return filled, nil
 }

@@ -25,7 +25,12 @@ const (
 	kindOffer      byte = 'O' // old -> new: offer (JSON); files follow in kindFiles frames
 	kindFiles      byte = 'F' // old -> new: a batch of descriptors; payload: their count (4 bytes)
 	kindKernelKeys byte = 'K' // old -> new: keys of the kernel cache, records of (u16 len, key)
+	kindPreItems   byte = 'P' // old -> new: items copied while the old process still serves (before its offer)
+	kindPreEnd     byte = 'Q' // old -> new: the copy is complete
+	kindCopied     byte = 'A' // new -> old: the copy is installed: the old process may stop serving
 	kindItems      byte = 'I' // old -> new: items, records (see appendItem)
+	kindDeleted    byte = 'X' // old -> new: keys gone since the copy, records as kindKernelKeys
+	kindReset      byte = 'Z' // old -> new: drop the copy (a flush_all came meanwhile); all items follow
 	kindEnd        byte = 'E' // old -> new: nothing more
 	kindDone       byte = 'D' // new -> old: ready to serve, or why not (JSON)
 	kindCommit     byte = 'C' // old -> new: serve; the old process will not serve again
@@ -87,6 +92,12 @@ func expectJSON(r io.Reader, want byte, v any) error {
 	if err != nil {
 		return err
 	}
+	return decodeJSON(kind, b, want, v)
+}
+
+// decodeJSON reads a frame of kind with payload b, which must be want (or a refusal, returned as
+// an error), into v.
+func decodeJSON(kind byte, b []byte, want byte, v any) error {
 	if kind == kindRefuse && want != kindRefuse {
 		var rf refusal
 		if err := json.Unmarshal(b, &rf); err != nil {
