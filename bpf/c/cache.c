@@ -82,18 +82,17 @@ static __always_inline int pass(__u32 reason)
 	return XDP_PASS;
 }
 
-/* count_reply counts an answered request, on path's counters too (CNT_TC_REQUESTS for TC). */
-static __always_inline void count_reply(const struct request *rq, __u32 path_requests)
+/* count_reply counts an answered request, on the TC program's own counters too when tc. */
+static __always_inline void count_reply(const struct request *rq, int tc)
 {
 	struct counter_set *cs = counter_set();
-	__u64 p = path_requests;
 
 	if (!cs)
 		return;
 	cs->n[CNT_REQUESTS] += 1;
 	cs->n[CNT_HITS] += rq->nkeys;
 	cs->n[CNT_BYTES] += rq->total;
-	if (in_range(p, CNT_TC_REQUESTS, CNT_TC_REQUESTS)) {
+	if (tc) {
 		cs->n[CNT_TC_REQUESTS] += 1;
 		cs->n[CNT_TC_HITS] += rq->nkeys;
 		cs->n[CNT_TC_BYTES] += rq->total;
@@ -228,7 +227,7 @@ int tc_cache(struct __sk_buff *skb)
 	if (build_headers((void *)(long)skb->data, (void *)(long)skb->data_end, &rq.l4, 0, rq.total,
 			  st->csum))
 		goto fail; /* unreachable: the headers were in bounds before the resize */
-	count_reply(&rq, CNT_TC_REQUESTS);
+	count_reply(&rq, 1);
 	hit_time_record(HIT_TIME_TC, t0);
 	return bpf_redirect(skb->ifindex, 0);
 
