@@ -238,7 +238,13 @@ func TestTakeover(t *testing.T) {
 			t.Errorf("new CAS %d not above moved %s's %d", it.CAS, k, b.CAS)
 		}
 	}
-	if tcp, udp := next.srv.Serving(); tcp != 1 || udp != 1 {
+	// The Serve calls run in goroutines Take started: wait for them to register (bounded).
+	tcp, udp := next.srv.Serving()
+	for deadline := time.Now().Add(2 * time.Second); (tcp != 1 || udp != 1) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		tcp, udp = next.srv.Serving()
+	}
+	if tcp != 1 || udp != 1 {
 		t.Errorf("next serves %d TCP, %d UDP", tcp, udp)
 	}
 	if tcp, udp := old.srv.Serving(); tcp != 0 || udp != 0 {
