@@ -345,22 +345,28 @@ func sendKernelKeys(c *net.UnixConn, k *bpf.Cache) (int, error) {
 		return 0, nil
 	}
 	keys := k.Keys()
+	if err := sendKeys(c, kindKernelKeys, keys); err != nil {
+		return 0, fmt.Errorf("send kernel keys: %w", err)
+	}
+	return len(keys), nil
+}
+
+// sendKeys sends keys in kind frames of (u16 len, key) records.
+func sendKeys(c *net.UnixConn, kind byte, keys []string) error {
 	var b []byte
 	for _, key := range keys {
 		b = appendKey(b, key)
 		if len(b) >= maxFrame/2 {
-			if err := writeFrame(c, kindKernelKeys, b); err != nil {
-				return 0, fmt.Errorf("send kernel keys: %w", err)
+			if err := writeFrame(c, kind, b); err != nil {
+				return err
 			}
 			b = b[:0]
 		}
 	}
 	if len(b) > 0 {
-		if err := writeFrame(c, kindKernelKeys, b); err != nil {
-			return 0, fmt.Errorf("send kernel keys: %w", err)
-		}
+		return writeFrame(c, kind, b)
 	}
-	return len(keys), nil
+	return nil
 }
 
 // sendItems streams the live items of keys (nil: the whole store) in kind frames, least
@@ -428,20 +434,8 @@ func sendChanged(c *net.UnixConn, st *cache.Store, changed []string) (int, error
 			return 0, err
 		}
 	}
-	var b []byte
-	for _, key := range gone {
-		b = appendKey(b, key)
-		if len(b) >= maxFrame/2 {
-			if err := writeFrame(c, kindDeleted, b); err != nil {
-				return 0, fmt.Errorf("send deleted keys: %w", err)
-			}
-			b = b[:0]
-		}
-	}
-	if len(b) > 0 {
-		if err := writeFrame(c, kindDeleted, b); err != nil {
-			return 0, fmt.Errorf("send deleted keys: %w", err)
-		}
+	if err := sendKeys(c, kindDeleted, gone); err != nil {
+		return 0, fmt.Errorf("send deleted keys: %w", err)
 	}
 	return n, nil
 }
@@ -709,12 +703,7 @@ func install(st *cache.Store, k *bpf.Cache, m movedItem, inKernel bool) (filled 
 		}
 		cur.LastAccess, cur.Fetched, cur.Stale, cur.WinIssued = m.it.LastAccess, m.it.Fetched, m.it.Stale, m.it.WinIssued
 		if inKernel && k != nil {
-			ki := kernelcache.Item{Key: m.key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
-				MetaState: cur.Stale || cur.WinIssued}
-			if cur.Exptime != 0 {
-				ki.Expires = time.Unix(cur.Exptime, 0)
-			}
-			ferr = k.Fill(ki)
+			ferr = fillFrom(k, m.key, cur)
 			filled = ferr == nil
 		}
 		return nil, cache.Keep
@@ -734,12 +723,7 @@ func fillKernel(st *cache.Store, k *bpf.Cache, key string) (bool, error) {
 		if cur == nil {
 			return nil, cache.Keep
 		}
-		ki := kernelcache.Item{Key: key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
-			MetaState: cur.Stale || cur.WinIssued}
-		if cur.Exptime != 0 {
-			ki.Expires = time.Unix(cur.Exptime, 0)
-		}
-		ferr = k.Fill(ki)
+		ferr = fillFrom(k, key, cur)
 		filled = ferr == nil
 		return nil, cache.Keep
 	})
@@ -747,6 +731,16 @@ func fillKernel(st *cache.Store, k *bpf.Cache, key string) (bool, error) {
 		return false, fmt.Errorf("fill the kernel cache with %q: %w", key, ferr)
 	}
 	return filled, nil
+}
+
+// fillFrom fills the kernel cache with cur, key's item, read under the key's store lock.
+func fillFrom(k *bpf.Cache, key string, cur *cache.Item) error {
+	ki := kernelcache.Item{Key: key, Flags: cur.Flags, Value: cur.Value, CAS: cur.CAS,
+		MetaState: cur.Stale || cur.WinIssued}
+	if cur.Exptime != 0 {
+		ki.Expires = time.Unix(cur.Exptime, 0)
+	}
+	return k.Fill(ki)
 }
 
 func fileOf(ln net.Listener) (*os.File, error) {
