@@ -216,6 +216,7 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 		if s.TCPGets != 0 {
 			b.Logf("client fallbacks to TCP: %+v", s)
 		}
+		b.ReportMetric(float64(s.UDPDatagrams)/float64(s.UDPSends), "udp_datagrams/send")
 		med := func(rs []loadResult, f func(loadResult) float64) float64 {
 			v := make([]float64, len(rs))
 			for i, r := range rs {

@@ -57,6 +57,10 @@ type Stats struct {
 	UDPTimeouts uint64
 	// UDPRetries counts UDP attempts sent again after a timeout.
 	UDPRetries uint64
+	// UDPDatagrams counts the get datagrams sent, first attempts and retries; UDPSends the
+	// system calls (sendmmsg) that sent them. Gets of goroutines running at the same time leave
+	// together, so under load a send carries several datagrams.
+	UDPDatagrams, UDPSends uint64
 	// TCPGets counts get requests sent over TCP: the fallbacks, and every get when UDP is off.
 	TCPGets uint64
 	// Fallbacks counts get requests sent over TCP after trying or skipping UDP, by reason
@@ -74,6 +78,7 @@ func (s Stats) Fallback(r Reason) uint64 {
 
 type counters struct {
 	udpGets, kernelReplies, timeouts, retries, tcpGets atomic.Uint64
+	datagrams, sends                                   atomic.Uint64
 	fallbacks                                          [numReasons]atomic.Uint64
 }
 
@@ -84,6 +89,8 @@ func (c *Client) Stats() Stats {
 		KernelReplies: c.ctr.kernelReplies.Load(),
 		UDPTimeouts:   c.ctr.timeouts.Load(),
 		UDPRetries:    c.ctr.retries.Load(),
+		UDPDatagrams:  c.ctr.datagrams.Load(),
+		UDPSends:      c.ctr.sends.Load(),
 		TCPGets:       c.ctr.tcpGets.Load(),
 	}
 	for i := range s.Fallbacks {
@@ -96,6 +103,7 @@ func (c *Client) Stats() Stats {
 type collector struct {
 	c                                                         *Client
 	udpGets, kernelReplies, timeouts, retries, tcp, fallbacks *prometheus.Desc
+	datagrams, sends                                          *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector of c's counters, named xdpcache_client_*. Register
@@ -110,13 +118,15 @@ func NewCollector(c *Client) prometheus.Collector {
 		kernelReplies: d("kernel_replies_total", "UDP get replies that carried the kernel path's DSCP mark."),
 		timeouts:      d("udp_timeouts_total", "UDP get attempts that got no whole reply in time."),
 		retries:       d("udp_retries_total", "UDP get attempts sent again after a timeout."),
+		datagrams:     d("udp_datagrams_total", "UDP get datagrams sent, retries included."),
+		sends:         d("udp_sends_total", "System calls that sent UDP get datagrams (several per call under load)."),
 		tcp:           d("tcp_gets_total", "Get requests sent over TCP (fallbacks, or UDP off)."),
 		fallbacks:     d("fallbacks_total", "Get requests sent over TCP after trying or skipping UDP, by reason.", "reason"),
 	}
 }
 
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{k.udpGets, k.kernelReplies, k.timeouts, k.retries, k.tcp, k.fallbacks} {
+	for _, d := range []*prometheus.Desc{k.udpGets, k.kernelReplies, k.timeouts, k.retries, k.datagrams, k.sends, k.tcp, k.fallbacks} {
 		ch <- d
 	}
 }
@@ -130,6 +140,8 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(k.kernelReplies, s.KernelReplies)
 	counter(k.timeouts, s.UDPTimeouts)
 	counter(k.retries, s.UDPRetries)
+	counter(k.datagrams, s.UDPDatagrams)
+	counter(k.sends, s.UDPSends)
 	counter(k.tcp, s.TCPGets)
 	for r := ReasonTimeout; r < numReasons; r++ {
 		counter(k.fallbacks, s.Fallbacks[r], r.String())

@@ -13,6 +13,8 @@ func TestCollector(t *testing.T) {
 	c.ctr.kernelReplies.Add(4)
 	c.ctr.timeouts.Add(3)
 	c.ctr.retries.Add(2)
+	c.ctr.datagrams.Add(9)
+	c.ctr.sends.Add(6)
 	c.fallback(ReasonTimeout)
 	c.fallback(ReasonDown)
 	c.fallback(ReasonDown)
@@ -33,12 +35,18 @@ xdpcache_client_kernel_replies_total 4
 # HELP xdpcache_client_tcp_gets_total Get requests sent over TCP (fallbacks, or UDP off).
 # TYPE xdpcache_client_tcp_gets_total counter
 xdpcache_client_tcp_gets_total 3
+# HELP xdpcache_client_udp_datagrams_total UDP get datagrams sent, retries included.
+# TYPE xdpcache_client_udp_datagrams_total counter
+xdpcache_client_udp_datagrams_total 9
 # HELP xdpcache_client_udp_gets_total Get requests answered over UDP.
 # TYPE xdpcache_client_udp_gets_total counter
 xdpcache_client_udp_gets_total 5
 # HELP xdpcache_client_udp_retries_total UDP get attempts sent again after a timeout.
 # TYPE xdpcache_client_udp_retries_total counter
 xdpcache_client_udp_retries_total 2
+# HELP xdpcache_client_udp_sends_total System calls that sent UDP get datagrams (several per call under load).
+# TYPE xdpcache_client_udp_sends_total counter
+xdpcache_client_udp_sends_total 6
 # HELP xdpcache_client_udp_timeouts_total UDP get attempts that got no whole reply in time.
 # TYPE xdpcache_client_udp_timeouts_total counter
 xdpcache_client_udp_timeouts_total 3

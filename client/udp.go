@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,10 @@ type udpServer struct {
 	retired map[uint16]time.Time // ids of requests given up, until when they stay unused
 	nextID  uint16
 	streak  int // requests in a row that fell back after timeouts with nothing received
+
+	sendMu  sync.Mutex
+	sendQ   []*call // datagrams waiting for the sender
+	sending bool    // a goroutine is writing sendQ
 
 	lastRx    atomic.Int64 // unix ns when the reader last got datagrams
 	downUntil atomic.Int64 // unix ns; UDP is not tried before
@@ -201,7 +206,7 @@ func (c *Client) sendUDP(addr net.Addr, reqs []*request) (*udpServer, []*call) {
 	for i, r := range reqs {
 		calls[i] = s.start(r)
 	}
-	s.send(reqs, calls)
+	s.send(calls)
 	return s, calls
 }
 
@@ -235,7 +240,7 @@ func (c *Client) awaitUDP(s *udpServer, reqs []*request, calls []*call) {
 				calls[i] = s.start(r)
 			}
 		}
-		s.send(reqs, calls)
+		s.send(calls)
 	}
 }
 
@@ -284,41 +289,69 @@ func (s *udpServer) allocLocked() (uint16, bool) {
 	return 0, false
 }
 
-// send writes the datagrams of the calls not yet settled, in one sendmmsg when there are several.
-// A request whose datagram cannot be sent is settled as unreachable.
-func (s *udpServer) send(reqs []*request, calls []*call) {
-	var msgs []ipv4.Message
-	var idx []int
-	for i, cl := range calls {
+// send queues the datagrams of the calls not yet settled for the socket's next sendmmsg. The
+// goroutine that finds the queue idle becomes its sender: it yields once, so that goroutines
+// ready to run alongside it (those woken by one batch of replies) queue their datagrams too, then
+// writes whatever is queued, in as few system calls as the kernel takes, until the queue is
+// empty. An idle client pays one yield that returns at once; a busy one sends many gets per
+// system call, and the kernel starts packet processing once per burst rather than once per
+// datagram. A call whose datagram cannot be sent is settled as unreachable.
+func (s *udpServer) send(calls []*call) {
+	s.sendMu.Lock()
+	idle := !s.sending
+	for _, cl := range calls {
 		if cl != nil && cl.dgram != nil {
+			s.sendQ = append(s.sendQ, cl)
+		}
+	}
+	if !idle || len(s.sendQ) == 0 {
+		s.sendMu.Unlock()
+		return
+	}
+	s.sending = true
+	s.sendMu.Unlock()
+	runtime.Gosched()
+	var batch []*call
+	var msgs []ipv4.Message
+	for {
+		s.sendMu.Lock()
+		batch, s.sendQ = s.sendQ, batch[:0]
+		if len(batch) == 0 {
+			s.sending = false
+			s.sendMu.Unlock()
+			return
+		}
+		s.sendMu.Unlock()
+		msgs = msgs[:0]
+		for _, cl := range batch {
 			msgs = append(msgs, ipv4.Message{Buffers: [][]byte{cl.dgram}})
-			idx = append(idx, i)
 		}
+		s.writeBatch(batch, msgs)
+		clear(batch) // the calls belong to their waiters once sent
 	}
-	fail := func(from int) {
-		for _, i := range idx[from:] {
-			s.abandon(calls[i], false)
-			calls[i] = nil
-			reqs[i].reason = ReasonUnreachable
+}
+
+// writeBatch writes msgs, the datagrams of calls, and settles as unreachable the calls the socket
+// refused.
+func (s *udpServer) writeBatch(calls []*call, msgs []ipv4.Message) {
+	for sent := 0; sent < len(msgs); {
+		n, err := s.pc.WriteBatch(msgs[sent:], 0)
+		if n > 0 {
+			s.c.ctr.sends.Add(1)
+			s.c.ctr.datagrams.Add(uint64(n))
 		}
-		s.markDown()
-	}
-	switch len(msgs) {
-	case 0:
-	case 1:
-		if _, err := s.conn.Write(msgs[0].Buffers[0]); err != nil {
-			fail(0)
-		}
-	default:
-		sent := 0
-		for sent < len(msgs) {
-			n, err := s.pc.WriteBatch(msgs[sent:], 0)
-			if err != nil {
-				fail(sent)
-				return
+		if err != nil {
+			s.mu.Lock()
+			for _, cl := range calls[sent:] {
+				if s.pending[cl.id] == cl {
+					s.finishLocked(cl, ReasonUnreachable)
+				}
 			}
-			sent += n
+			s.mu.Unlock()
+			s.markDown()
+			return
 		}
+		sent += n
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
@@ -204,5 +205,88 @@ func TestTOS(t *testing.T) {
 		if got := tosOf(c.oob); got != c.want {
 			t.Errorf("tosOf(%x) = %#x, want %#x", c.oob, got, c.want)
 		}
+	}
+}
+
+// blockingConn is a packetConn whose first WriteBatch waits for release, recording the size of
+// every batch written; fail makes writes return an error instead.
+type blockingConn struct {
+	entered, release chan struct{}
+	batches          chan int
+	fail             bool
+}
+
+func (b *blockingConn) ReadBatch([]ipv4.Message, int) (int, error) { select {} }
+
+func (b *blockingConn) WriteBatch(ms []ipv4.Message, _ int) (int, error) {
+	if b.entered != nil {
+		close(b.entered)
+		b.entered = nil
+		<-b.release
+	}
+	if b.fail {
+		return 0, unix.ECONNREFUSED
+	}
+	b.batches <- len(ms)
+	return len(ms), nil
+}
+
+func (s *udpServer) testCall(t *testing.T, key string) *call {
+	t.Helper()
+	cl := s.start(&request{key: key, payload: []byte("gets " + key + "\r\n")})
+	if cl == nil {
+		t.Fatal("no request id")
+	}
+	return cl
+}
+
+// TestSendCombines checks that datagrams queued while a goroutine is writing leave together in
+// that goroutine's next sendmmsg, and that they are counted.
+func TestSendCombines(t *testing.T) {
+	pc := &blockingConn{entered: make(chan struct{}), release: make(chan struct{}), batches: make(chan int, 8)}
+	s := newTestServer(0)
+	s.pc = pc
+	entered := pc.entered
+	first := s.testCall(t, "a")
+	done := make(chan struct{})
+	go func() { s.send([]*call{first}); close(done) }()
+	<-entered // the first goroutine is the sender and is inside its write
+	s.send([]*call{s.testCall(t, "b")})
+	s.send([]*call{s.testCall(t, "c"), nil, s.testCall(t, "d")})
+	close(pc.release)
+	<-done
+	if got := []int{<-pc.batches, <-pc.batches}; got[0] != 1 || got[1] != 3 {
+		t.Fatalf("batches %v, want [1 3]", got)
+	}
+	if st := s.c.Stats(); st.UDPSends != 2 || st.UDPDatagrams != 4 {
+		t.Fatalf("sends %d datagrams %d, want 2 and 4", st.UDPSends, st.UDPDatagrams)
+	}
+	// The sender has let go: the next send writes at once.
+	s.send([]*call{s.testCall(t, "e")})
+	if n := <-pc.batches; n != 1 {
+		t.Fatalf("batch of %d, want 1", n)
+	}
+}
+
+// TestSendFailureSettles checks that a datagram the socket refuses settles its call, whoever
+// sent it, as unreachable, and marks the server down.
+func TestSendFailureSettles(t *testing.T) {
+	pc := &blockingConn{fail: true, batches: make(chan int, 1)}
+	s := newTestServer(0)
+	s.pc = pc
+	a, b := s.testCall(t, "a"), s.testCall(t, "b")
+	s.send([]*call{a, b})
+	for _, cl := range []*call{a, b} {
+		select {
+		case <-cl.done:
+		default:
+			t.Fatalf("call %d not settled", cl.id)
+		}
+		if cl.reason != ReasonUnreachable {
+			t.Fatalf("call %d settled with %v", cl.id, cl.reason)
+		}
+	}
+	if s.downUntil.Load() == 0 || len(s.pending) != 0 {
+		t.Fatalf("down until %d, %d pending", s.downUntil.Load(), len(s.pending))
 	}
 }
