@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/xdpcache/xdpcache/internal/testenv"
+	"github.com/xdpcache/xdpcache/loadgen"
 )
 
 // BenchmarkResidentVsMemcached loads the same items over TCP into `xdpcache serve` and Debian's
@@ -26,9 +28,19 @@ import (
 // xdpcache (an older commit), that one is measured too, as "baseline". For the xdpcache processes
 // it also reports the garbage collector's cycles, CPU share and longest stop-the-world pause
 // during the load (from GODEBUG=gctrace=1).
+//
+// With RESIDENT_STEADY_RATE set (requests/s), each server then serves a steady open-loop load
+// over TCP from `xdpcache bench` for RESIDENT_STEADY_SECONDS (default 20): uniform keys over
+// every item loaded, 90% gets and 10% sets of the same size, so the store stays full and its
+// items churn. Reported per server: the p50/p99/p99.9 of gets and sets, and for the Go servers
+// the collections during that window, the CPU they took (mark assist, background and the two
+// stop-the-world phases, from gctrace) against the process's CPU in the window, and the longest
+// pause.
 func BenchmarkResidentVsMemcached(b *testing.B) {
 	items := envInt(b, "RESIDENT_ITEMS", 3_000_000)
 	valueSize := envInt(b, "RESIDENT_VALUE", 200)
+	steadyRate := envIntOr(b, "RESIDENT_STEADY_RATE", 0)
+	steadySeconds := envIntOr(b, "RESIDENT_STEADY_SECONDS", 20)
 	mc := testenv.LookPath(b, "memcached")
 	bin := filepath.Join(b.TempDir(), "xdpcache")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
@@ -70,7 +82,18 @@ func BenchmarkResidentVsMemcached(b *testing.B) {
 				}
 				loaded := procStatus(b, cmd.Process.Pid, "VmRSS:")
 				time.Sleep(10 * time.Second)
-				return loaded, procStatus(b, cmd.Process.Pid, "VmRSS:"), procStatus(b, cmd.Process.Pid, "RssAnon:")
+				settled, anon := procStatus(b, cmd.Process.Pid, "VmRSS:"), procStatus(b, cmd.Process.Pid, "RssAnon:")
+				if steadyRate > 0 {
+					from, cpu0 := gc.mark(), procCPU(b, cmd.Process.Pid)
+					rep := steady(b, bin, addr, items, valueSize, steadyRate, steadySeconds)
+					cpu := procCPU(b, cmd.Process.Pid) - cpu0
+					line := fmt.Sprintf("%s under %d requests/s for %d s: %s", name, steadyRate, steadySeconds, rep)
+					if name != "memcached" {
+						line += "; " + gc.window(from, cpu)
+					}
+					b.Log(line)
+				}
+				return loaded, settled, anon
 			}()
 			results[name] = [3]float64{loaded, settled, anon}
 			b.Logf("%s: %d items of %d B: VmRSS %.0f MiB loaded, %.0f MiB 10 s later, of which RssAnon %.0f MiB", name, items, valueSize, loaded, settled, anon)
@@ -90,15 +113,62 @@ func BenchmarkResidentVsMemcached(b *testing.B) {
 }
 
 func envInt(b *testing.B, name string, def int) int {
+	n := envIntOr(b, name, def)
+	if n <= 0 {
+		b.Fatalf("%s=%d: want a positive integer", name, n)
+	}
+	return n
+}
+
+func envIntOr(b *testing.B, name string, def int) int {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		b.Fatalf("%s=%q: want a positive integer", name, v)
+	if err != nil || n < 0 {
+		b.Fatalf("%s=%q: want a whole number", name, v)
 	}
 	return n
+}
+
+// steady runs `xdpcache bench` over TCP against addr at rate for seconds, on the keys load
+// stored, and returns its get and set latency.
+func steady(b *testing.B, bin, addr string, items, valueSize, rate, seconds int) string {
+	out := filepath.Join(b.TempDir(), "steady.json")
+	cmd := exec.Command(bin, "bench", "--server", addr, "--proto", "tcp", "--load=false",
+		"--keys", strconv.Itoa(items), "--key-size", "16", "--key-dist", "uniform",
+		"--value-size", strconv.Itoa(valueSize), "--get-ratio", "0.9", "--rate", strconv.Itoa(rate),
+		"--warmup", "2s", "--duration", fmt.Sprintf("%ds", seconds), "--json", out)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("bench: %v\n%s", err, msg)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rep loadgen.Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		b.Fatalf("bench report: %v", err)
+	}
+	if rep.Timeouts != 0 || rep.Errors != 0 || rep.HitRatio < 0.99 {
+		b.Fatalf("steady load: %d timeouts, %d errors, hit ratio %.3f", rep.Timeouts, rep.Errors, rep.HitRatio)
+	}
+	get, set := rep.Classes[loadgen.UserHit.String()], rep.Classes[loadgen.Set.String()]
+	return fmt.Sprintf("%.0f requests/s achieved; get p50 %.0f p99 %.0f p99.9 %.0f µs; set p50 %.0f p99 %.0f p99.9 %.0f µs",
+		rep.AchievedRate, get.P50Us, get.P99Us, get.P999Us, set.P50Us, set.P99Us, set.P999Us)
+}
+
+// procCPU is a process's user and system time in seconds, from /proc/PID/stat.
+func procCPU(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
 }
 
 func waitListening(b *testing.B, addr string) {
@@ -135,7 +205,8 @@ func load(b *testing.B, addr string, items, valueSize int) {
 			for start := w * batch; start < items; start += conns * batch {
 				buf = buf[:0]
 				for i := start; i < min(start+batch, items); i++ {
-					buf = fmt.Appendf(buf, "set key:%012d 0 0 %d noreply\r\n%s\r\n", i, valueSize, value)
+					// The keys of `xdpcache bench --key-size 16`, which the steady load asks for.
+					buf = fmt.Appendf(buf, "set k%015d 0 0 %d noreply\r\n%s\r\n", i, valueSize, value)
 				}
 				buf = append(buf, "mn\r\n"...)
 				if _, err := c.Write(buf); err != nil {
@@ -222,6 +293,41 @@ func (g *gcTrace) Write(p []byte) (int, error) {
 // gcLine is "gc 12 @3.456s 2%: 0.015+1.2+0.003 ms clock, ...": the cycle's CPU share since start
 // and its two stop-the-world pauses (the first and third clock figures).
 var gcLine = regexp.MustCompile(`^gc \d+ @[\d.]+s (\d+)%: ([\d.]+)\+[\d.]+\+([\d.]+) ms clock`)
+
+// gcCPU is the "ms cpu" part of a gctrace line: STW sweep termination, mark assist, background
+// mark, idle mark and STW mark termination.
+var gcCPU = regexp.MustCompile(`, ([\d.]+)\+([\d.]+)/([\d.]+)/([\d.]+)\+([\d.]+) ms cpu`)
+
+// mark returns where the lines seen so far end, for window.
+func (g *gcTrace) mark() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.lines)
+}
+
+// window reports the cycles after mark from: their count, the CPU they took outside idle time
+// against cpu (the process's seconds in the window), and the longest pause.
+func (g *gcTrace) window(from int, cpu float64) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ms, longest := 0.0, 0.0
+	for _, l := range g.lines[from:] {
+		if m := gcLine.FindStringSubmatch(l); m != nil {
+			for _, v := range m[2:] {
+				f, _ := strconv.ParseFloat(v, 64)
+				longest = max(longest, f)
+			}
+		}
+		if m := gcCPU.FindStringSubmatch(l); m != nil {
+			for _, i := range []int{1, 2, 3, 5} { // idle-time marking (4) uses CPU nobody wanted
+				f, _ := strconv.ParseFloat(m[i], 64)
+				ms += f
+			}
+		}
+	}
+	return fmt.Sprintf("%d GC cycles, GC %.0f ms CPU of the process's %.2f s (%.1f%%), longest pause %.3f ms",
+		len(g.lines)-from, ms, cpu, 100*ms/1000/cpu, longest)
+}
 
 // summary reports the cycles, the CPU share the runtime states at the last one, and the longest
 // pause.
