@@ -10,8 +10,9 @@
 // Get and GetMulti send one `gets` request per key in a datagram with memcached's 8-byte frame
 // header (request id, sequence number, datagram count, reserved), to the server's TCP host and
 // port (or UDPPort). Each server has its own connected UDP socket and a goroutine reading it;
-// the requests of a GetMulti to one server leave in one sendmmsg, and replies spread over several
-// datagrams are put back together in any order. Items carry their CAS id, as gomemcache's do,
+// the requests of a GetMulti to one server leave in one sendmmsg, as do the gets of goroutines
+// that run at the same time (the first to send yields once to let the others queue theirs), and
+// replies spread over several datagrams are put back together in any order. Items carry their CAS id, as gomemcache's do,
 // so CompareAndSwap works with an item read over UDP.
 //
 // A request goes over TCP instead, with gomemcache, when its UDP attempts time out (UDPTimeout,
