@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -23,6 +24,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpcache/xdpcache/client"
+	"github.com/xdpcache/xdpcache/internal/lab"
+	"github.com/xdpcache/xdpcache/internal/lab/experiment"
 	"github.com/xdpcache/xdpcache/internal/netns"
 	"github.com/xdpcache/xdpcache/internal/testenv"
 	"github.com/xdpcache/xdpcache/loadgen/workload"
@@ -36,8 +39,8 @@ type getter interface {
 type loadResult struct {
 	gets        int64
 	seconds     float64
-	cpuSeconds  float64 // this process's user and system time: the client's
-	srvCPU      float64 // the server process's
+	cpuSeconds  float64 // the client's CPU time (benchEnv.clientCPU)
+	srvCPU      float64 // the server's (benchEnv.serverCPU)
 	p50, p99    float64 // µs
 	kernelShare float64 // of the gets, as the server counts them
 }
@@ -46,18 +49,29 @@ func (r loadResult) rate() float64    { return float64(r.gets) / r.seconds }
 func (r loadResult) perCore() float64 { return float64(r.gets) / r.cpuSeconds }
 
 // BenchmarkVersusGomemcache is the application-shaped comparison: many goroutines, one get in
-// flight each, Zipf keys (saturated, then paced with think time for latency), against `xdpcache serve` with its kernel path (XDP, generic mode, on
-// the loopback of a namespace of its own), through this client over UDP and through gomemcache
-// over TCP, in alternating rounds of the same run. It reports each client's gets per second, gets
-// per second of client CPU (per client core), p50 and p99, and the medians of each round's ratios (targets: at least 2x
-// per core, p99 at most 0.5x). Run it once:
+// flight each, Zipf keys (saturated, then paced with think time for latency), against `xdpcache
+// serve` with its kernel path, through this client over UDP and through gomemcache over TCP, in
+// alternating rounds of the same run. It reports each client's gets per second, gets per second
+// of client CPU (per client core), p50 and p99, and the medians of each round's ratios (targets:
+// at least 2x per core, p99 at most 0.5x).
+//
+// By default the server runs on the loopback of a namespace of its own (XDP in generic mode):
 //
 //	go test ./client -run '^$' -bench VersusGomemcache -benchtime 1x
 //
-// or with the client on one CPU and the server, the XDP program and the packet processing (RPS)
-// on another, as on separate machines:
+// Confined to one CPU (taskset), the test moves the server and, through RPS on that loopback,
+// the packet processing of both directions to another CPU:
 //
 //	go test -c -o client.test ./client && (cd client && taskset -c 0 ../client.test -test.run '^$' -test.bench VersusGomemcache -test.benchtime 1x)
+//
+// With CLIENT_BENCH_VETH=1, and confined to one CPU, it runs as on two machines: the client in
+// one namespace and the server in another, joined by a veth pair with the XDP program in native
+// mode on the server's side, each veth's receive work in a NAPI thread pinned to its side's CPU.
+// The client's CPU is then the test process's plus its veth's NAPI thread's (its receive
+// path), the server's the serve process's plus its veth's (the XDP program, the server's
+// receive path):
+//
+//	(cd client && CLIENT_BENCH_VETH=1 taskset -c 0 ../client.test -test.run '^$' -test.bench VersusGomemcache -test.benchtime 1x)
 func BenchmarkVersusGomemcache(b *testing.B) {
 	testenv.RequireRoot(b)
 	const (
@@ -74,51 +88,18 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/xdpcache").CombinedOutput(); err != nil {
 		b.Fatalf("build xdpcache: %v\n%s", err, out)
 	}
-	ns, err := netns.NewIsolated("xcclb")
-	if err != nil {
-		b.Fatalf("create namespace: %v", err)
-	}
-	defer ns.Close()
-	// With the client confined to some CPUs (taskset), the server and the packet processing (RPS
-	// on lo: the XDP program, both directions of the stack) go to another, as on a remote server.
-	var mine unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &mine); err != nil {
-		b.Fatal(err)
-	}
-	pin := []string{}
-	if other := otherCPU(&mine); other >= 0 {
-		mask := strconv.FormatUint(1<<other, 16)
-		if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sh", "-c",
-			"echo "+mask+" > /sys/class/net/lo/queues/rx-0/rps_cpus").CombinedOutput(); err != nil {
-			b.Fatalf("RPS on lo: %v %s", err, out)
-		}
-		pin = []string{"taskset", "-c", strconv.Itoa(other)}
-		b.Logf("client on %d CPU(s); server, XDP and packet processing on CPU %d", mine.Count(), other)
+	var env benchEnv
+	if os.Getenv("CLIENT_BENCH_VETH") != "" {
+		env = vethEnv(b, bin)
 	} else {
-		b.Logf("client, server and packet processing share the CPUs (pin the test with taskset to separate them)")
+		env = loopbackEnv(b, bin, port)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	args := append(pin, "ip", "netns", "exec", ns.Name, bin, "serve", "-l", "127.0.0.1",
-		"-p", strconv.Itoa(port), "-U", strconv.Itoa(port), "--xdp-iface", "lo", "--xdp-mode", "generic",
-		"--mark-kernel-replies", strconv.Itoa(kernelDSCP), "--admission", "always", "--log-level", "warn")
-	srv := exec.Command(args[0], args[1:]...)
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		b.Fatalf("start serve: %v", err)
-	}
-	defer func() { _ = srv.Process.Signal(syscall.SIGTERM); _ = srv.Wait() }()
-	dial := func(ctx context.Context, network, address string) (conn net.Conn, err error) {
-		err = ns.Do(func() error {
-			var d net.Dialer
-			conn, err = d.DialContext(ctx, network, address)
-			return err
-		})
-		return conn, err
-	}
+	defer env.close()
+	dial, addr := env.dial, env.addr
 	waitTCP(b, dial, addr)
 
 	uc := client.New(addr)
-	uc.KernelDSCP = kernelDSCP
+	uc.KernelDSCP = env.dscp
 	uc.MaxIdleConns = goroutines
 	uc.Timeout = 5 * time.Second // a crowded machine stalls the server for longer than the 500 ms default
 	uc.DialContext = dial
@@ -156,7 +137,7 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 	stats := func() map[string]float64 { return serverStats(b, dial, addr) }
 
 	run := func(g getter, think time.Duration) loadResult {
-		before, cpu0, srv0 := stats(), cpuSeconds(), procCPUSeconds(b, srv.Process.Pid)
+		before, cpu0, srv0 := stats(), env.clientCPU(), env.serverCPU()
 		var gets atomic.Int64
 		var mu sync.Mutex
 		all := hdrhistogram.New(1, 10_000_000, 3)
@@ -189,8 +170,8 @@ func BenchmarkVersusGomemcache(b *testing.B) {
 			}()
 		}
 		wg.Wait()
-		res := loadResult{gets: gets.Load(), seconds: time.Since(start).Seconds(), cpuSeconds: cpuSeconds() - cpu0,
-			srvCPU: procCPUSeconds(b, srv.Process.Pid) - srv0,
+		res := loadResult{gets: gets.Load(), seconds: time.Since(start).Seconds(), cpuSeconds: env.clientCPU() - cpu0,
+			srvCPU: env.serverCPU() - srv0,
 			p50:    float64(all.ValueAtQuantile(50)), p99: float64(all.ValueAtQuantile(99))}
 		after := stats()
 		if d := after["cmd_get"] - before["cmd_get"]; d > 0 {
@@ -337,4 +318,124 @@ func procCPUSeconds(b *testing.B, pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
+}
+
+// benchEnv is where the benchmark's server runs and how its CPU is counted.
+type benchEnv struct {
+	addr                 string
+	dial                 func(ctx context.Context, network, address string) (net.Conn, error)
+	dscp                 int
+	clientCPU, serverCPU func() float64 // seconds
+	close                func()
+}
+
+// loopbackEnv runs serve on the loopback of a namespace of its own, XDP in generic mode. With
+// the test confined to some CPUs, the server and, through RPS on that loopback, the packet
+// processing go to another.
+func loopbackEnv(b *testing.B, bin string, port int) benchEnv {
+	ns, err := netns.NewIsolated("xcclb")
+	if err != nil {
+		b.Fatalf("create namespace: %v", err)
+	}
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil {
+		b.Fatal(err)
+	}
+	pin := []string{}
+	if other := otherCPU(&mine); other >= 0 {
+		mask := strconv.FormatUint(1<<other, 16)
+		if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sh", "-c",
+			"echo "+mask+" > /sys/class/net/lo/queues/rx-0/rps_cpus").CombinedOutput(); err != nil {
+			b.Fatalf("RPS on lo: %v %s", err, out)
+		}
+		pin = []string{"taskset", "-c", strconv.Itoa(other)}
+		b.Logf("client on %d CPU(s); server, XDP and packet processing on CPU %d", mine.Count(), other)
+	} else {
+		b.Logf("client, server and packet processing share the CPUs (pin the test with taskset to separate them)")
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	args := append(pin, "ip", "netns", "exec", ns.Name, bin, "serve", "-l", "127.0.0.1",
+		"-p", strconv.Itoa(port), "-U", strconv.Itoa(port), "--xdp-iface", "lo", "--xdp-mode", "generic",
+		"--mark-kernel-replies", strconv.Itoa(kernelDSCP), "--admission", "always", "--log-level", "warn")
+	srv := exec.Command(args[0], args[1:]...)
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		ns.Close()
+		b.Fatalf("start serve: %v", err)
+	}
+	return benchEnv{
+		addr: addr,
+		dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
+			err = ns.Do(func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, address)
+				return err
+			})
+			return conn, err
+		},
+		dscp:      kernelDSCP,
+		clientCPU: cpuSeconds,
+		serverCPU: func() float64 { return procCPUSeconds(b, srv.Process.Pid) },
+		close: func() {
+			_ = srv.Process.Signal(syscall.SIGTERM)
+			_ = srv.Wait()
+			ns.Close()
+		},
+	}
+}
+
+// vethEnv runs serve in the server namespace of experiment's lab, the XDP program native on its
+// veth, with the test (confined to one CPU) as the client in the client namespace.
+func vethEnv(b *testing.B, bin string) benchEnv {
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil {
+		b.Fatal(err)
+	}
+	other := otherCPU(&mine)
+	if mine.Count() != 1 || other < 0 {
+		b.Fatalf("CLIENT_BENCH_VETH needs the test confined to one CPU (taskset -c N) and another CPU for the server")
+	}
+	clientCPU := 0
+	for !mine.IsSet(clientCPU) {
+		clientCPU++
+	}
+	l, err := experiment.NewLab(bin, other, clientCPU, io.Discard)
+	if err != nil {
+		b.Fatalf("lab: %v", err)
+	}
+	p, err := l.Serve(context.Background(), b.TempDir(), true, "--admission", "always")
+	if err != nil {
+		l.Close()
+		b.Fatalf("serve: %v", err)
+	}
+	b.Logf("client on CPU %d, server and its veth's NAPI thread on CPU %d (XDP native)", clientCPU, other)
+	napiCPU := func(pids func() ([]int, error)) float64 {
+		ps, err := pids()
+		if err != nil || len(ps) == 0 {
+			b.Fatalf("NAPI threads: %v (%d found)", err, len(ps))
+		}
+		sum := 0.0
+		for _, pid := range ps {
+			sum += procCPUSeconds(b, pid)
+		}
+		return sum
+	}
+	return benchEnv{
+		addr: l.ServerAddr(),
+		dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
+			err = l.Pair().Client.Do(func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, address)
+				return err
+			})
+			return conn, err
+		},
+		dscp:      lab.ReplyDSCP,
+		clientCPU: func() float64 { return cpuSeconds() + napiCPU(l.ClientNAPI) },
+		serverCPU: func() float64 { return procCPUSeconds(b, p.Pid()) + napiCPU(l.ServerNAPI) },
+		close: func() {
+			p.Stop()
+			l.Close()
+		},
+	}
 }

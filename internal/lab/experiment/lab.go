@@ -143,14 +143,19 @@ func (l *Lab) PinNAPI() error {
 }
 
 // ServerNAPI returns the pids of the server veth's NAPI threads.
-func (l *Lab) ServerNAPI() ([]int, error) {
+func (l *Lab) ServerNAPI() ([]int, error) { return l.napiOf(true) }
+
+// ClientNAPI returns the pids of the client veth's NAPI threads: the client's receive work.
+func (l *Lab) ClientNAPI() ([]int, error) { return l.napiOf(false) }
+
+func (l *Lab) napiOf(server bool) ([]int, error) {
 	threads, err := napiComms()
 	if err != nil {
 		return nil, err
 	}
 	var pids []int
 	for pid, comm := range threads {
-		if !l.foreign[pid] && strings.HasPrefix(comm, "napi/"+l.ServerIf()+"-") {
+		if !l.foreign[pid] && strings.HasPrefix(comm, "napi/"+l.ServerIf()+"-") == server {
 			pids = append(pids, pid)
 		}
 	}
