@@ -32,6 +32,7 @@ var floors = map[string]int{
 	"bpf":                     1,
 	"server":                  1,
 	"loadgen":                 1,
+	"client":                  1,
 	"internal/lab":            2,
 	"internal/takeover":       2,
 	"internal/lab/demo":       3,
