@@ -120,10 +120,21 @@ func (sh *shard) unlinkLRU(cls int, ref uint32) {
 	}
 }
 
+// moveToFront records a use of the item at ref: it moves to the head of its class's list, unless
+// it is still in the list's front quarter. Every item ahead of it in the list was pushed or moved
+// after its own last move, each taking one bump, so fewer than n/4 bumps since then mean fewer
+// than n/4 items ahead. Such an item is left where it is, and its neighbours' chunks untouched,
+// as memcached leaves recently bumped items alone; a list of fewer than 8 items is kept in exact
+// LRU order.
 func (sh *shard) moveToFront(cls int, ref uint32) {
-	if sh.lists[cls].head == ref {
+	c := sh.chunk(ref)
+	l := &sh.lists[cls]
+	if int64(sh.bump-u32(c, hBump)) < l.n/4 {
+		return
+	}
+	if l.head == ref {
 		sh.bump++
-		put32(sh.chunk(ref), hBump, sh.bump)
+		put32(c, hBump, sh.bump)
 		return
 	}
 	sh.unlinkLRU(cls, ref)
