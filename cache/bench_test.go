@@ -51,6 +51,29 @@ func BenchmarkGet(b *testing.B) {
 	}
 }
 
+// BenchmarkView reads with View, copying each value into a reused buffer as the server copies it
+// into its reply: a read that obtains the value bytes without an allocation.
+func BenchmarkView(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			var buf []byte
+			i := 0
+			for b.Loop() {
+				if !s.View(keys[i&(benchKeys-1)], func(it Item) { buf = append(buf[:0], it.Value...) }) {
+					b.Fatal("miss")
+				}
+				i++
+			}
+			if len(buf) != len(benchValue) {
+				b.Fatalf("read %d bytes, stored %d", len(buf), len(benchValue))
+			}
+		})
+	}
+}
+
 func BenchmarkSet(b *testing.B) {
 	keys := benchKeySet()
 	for _, n := range shardCases {
@@ -82,6 +105,29 @@ func BenchmarkGetParallel(b *testing.B) {
 				i := int(seed.Add(7919))
 				for pb.Next() {
 					if _, ok := s.Get(keys[i&(benchKeys-1)]); !ok {
+						b.Error("miss")
+						return
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkViewParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				buf := make([]byte, 0, 64)
+				for pb.Next() {
+					if !s.View(keys[i&(benchKeys-1)], func(it Item) { buf = append(buf[:0], it.Value...) }) {
 						b.Error("miss")
 						return
 					}

@@ -311,8 +311,14 @@ func (s *Store) Exptime(raw int64) int64 {
 }
 
 func (s *Store) shardFor(key string) *shard {
-	h := maphash.String(s.seed, key)
-	return &s.shards[h%uint64(len(s.shards))]
+	return s.shardOf(maphash.String(s.seed, key))
+}
+
+// shardOf returns the shard of a key hashing to h. It maps the hash's low 32 bits onto the
+// shards by a multiply and shift, not a division, which costs more than the rest of the
+// arithmetic of a lookup; the index buckets use the high 32 bits.
+func (s *Store) shardOf(h uint64) *shard {
+	return &s.shards[uint64(uint32(h))*uint64(len(s.shards))>>32]
 }
 
 func itemSize(key string, value []byte) int64 {
@@ -333,19 +339,30 @@ func itemSize(key string, value []byte) int64 {
 // Install, else 0.
 func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint64, err error) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	// One deferred call and one return: the compiler inlines the defer, which it does not for
+	// a function with as many returns as do.
+	defer sh.endDo()
+	return s.do(sh, key, h, fn)
+}
 
+// endDo forgets Do's scratch item, which may share the store's memory, and unlocks the shard.
+func (sh *shard) endDo() {
+	sh.cur = Item{}
+	sh.mu.Unlock()
+}
+
+// do is Do under sh's lock.
+func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *Item, op Op)) (uint64, error) {
 	now := s.now()
-	ref := s.live(sh, key, h, now)
+	ref, c := s.liveChunk(sh, key, h, now)
 	var cur *Item
 	if ref != 0 {
 		// The shard's scratch Item: fn's argument escapes, and a fresh one would cost an
 		// allocation on every call.
-		sh.cur = sh.load(ref, false)
+		sh.cur = sh.load(c, false)
 		cur = &sh.cur
-		defer func() { sh.cur = Item{} }()
 	}
 	next, op := fn(cur)
 
@@ -665,17 +682,27 @@ func (s *Store) evict(sh *shard, ref uint32, now time.Time) {
 // live returns key's head ref if the item is live, removing it (hook runs) if it is expired or
 // flushed. The shard lock is held.
 func (s *Store) live(sh *shard, key string, h uint64, now time.Time) uint32 {
-	ref := sh.lookup(key, h)
-	if ref == 0 || s.reap(sh, ref, h, now) {
-		return 0
-	}
+	ref, _ := s.liveChunk(sh, key, h, now)
 	return ref
+}
+
+// liveChunk is live, also returning the head chunk.
+func (s *Store) liveChunk(sh *shard, key string, h uint64, now time.Time) (uint32, []byte) {
+	ref, c := sh.find(key, h)
+	if ref == 0 || s.reapChunk(sh, ref, c, h, now) {
+		return 0, nil
+	}
+	return ref, c
 }
 
 // reap removes ref if it is expired or flushed and reports whether it did. The shard lock is
 // held.
 func (s *Store) reap(sh *shard, ref uint32, h uint64, now time.Time) bool {
-	c := sh.chunk(ref)
+	return s.reapChunk(sh, ref, sh.chunk(ref), h, now)
+}
+
+// reapChunk is reap with ref's head chunk c.
+func (s *Store) reapChunk(sh *shard, ref uint32, c []byte, h uint64, now time.Time) bool {
 	switch {
 	case expiredAt(c, now.Unix()):
 		st := &sh.lists[sh.class(ref)].st
@@ -709,17 +736,37 @@ func (s *Store) changed(key string) {
 // report). The hook runs only if an expired or flushed item was removed.
 func (s *Store) Get(key string) (Item, bool) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	ref := s.live(sh, key, h, now)
+	ref, c := s.liveChunk(sh, key, h, now)
 	if ref == 0 {
 		return Item{}, false
 	}
-	it := sh.load(ref, true)
-	sh.fetched(ref, now)
+	it := sh.load(c, true)
+	sh.fetched(ref, c, now)
 	return it, true
+}
+
+// View calls fn with key's live item and records the fetch as Get does, without copying the
+// value: it.Value is the store's memory, valid only while fn runs, and fn runs under the key's
+// shard lock, so it must not call back into the Store and should be quick. The item shows the
+// access state from before this fetch. View reports whether there was a live item; fn is not
+// called if there was none.
+func (s *Store) View(key string, fn func(it Item)) bool {
+	h := maphash.String(s.seed, key)
+	sh := s.shardOf(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := s.now()
+	ref, c := s.liveChunk(sh, key, h, now)
+	if ref == 0 {
+		return false
+	}
+	fn(sh.load(c, false))
+	sh.fetched(ref, c, now)
+	return true
 }
 
 // RecordFetch records a fetch of key that was answered elsewhere (the kernel cache): Fetched,
@@ -727,12 +774,12 @@ func (s *Store) Get(key string) (Item, bool) {
 // key that is gone; an expired or flushed one is removed (the hook runs).
 func (s *Store) RecordFetch(key string) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	if ref := s.live(sh, key, h, now); ref != 0 {
-		sh.fetched(ref, now)
+	if ref, c := s.liveChunk(sh, key, h, now); ref != 0 {
+		sh.fetched(ref, c, now)
 	}
 }
 
@@ -956,10 +1003,9 @@ func (sh *shard) remove(ref uint32, h uint64) {
 	sh.sl.release(refs...)
 }
 
-// load returns the item at head ref. Its Value shares the chunk's bytes unless own is set or the
-// value spans a chain of chunks.
-func (sh *shard) load(ref uint32, own bool) Item {
-	c := sh.chunk(ref)
+// load returns the item in head chunk c. Its Value shares the chunk's bytes unless own is set or
+// the value spans a chain of chunks.
+func (sh *shard) load(c []byte, own bool) Item {
 	bits := c[hBits]
 	it := Item{
 		Flags:      u32(c, hFlags),
@@ -1001,7 +1047,7 @@ func (sh *shard) sameValue(ref uint32, v []byte) bool {
 	if c[hBits]&bitChained == 0 {
 		return vlen == 0 || &v[0] == &c[hdrSize+klen]
 	}
-	stored := sh.load(ref, false).Value
+	stored := sh.load(c, false).Value
 	return string(stored) == string(v)
 }
 
@@ -1025,12 +1071,11 @@ func (sh *shard) saveMeta(ref uint32, it *Item) {
 	c[hBits] = bits
 }
 
-// fetched records a fetch of the item at head ref.
-func (sh *shard) fetched(ref uint32, now time.Time) {
-	c := sh.chunk(ref)
+// fetched records a fetch of the item at head ref, in chunk c.
+func (sh *shard) fetched(ref uint32, c []byte, now time.Time) {
 	c[hBits] |= bitFetched
 	put32(c, hAccess, uint32(now.Unix()))
 	cls := sh.class(ref)
 	sh.lists[cls].st.getHits++
-	sh.moveToFront(cls, ref)
+	sh.moveChunkToFront(cls, ref, c)
 }

@@ -127,7 +127,11 @@ func (sh *shard) unlinkLRU(cls int, ref uint32) {
 // as memcached leaves recently bumped items alone; a list of fewer than 8 items is kept in exact
 // LRU order.
 func (sh *shard) moveToFront(cls int, ref uint32) {
-	c := sh.chunk(ref)
+	sh.moveChunkToFront(cls, ref, sh.chunk(ref))
+}
+
+// moveChunkToFront is moveToFront with the item's head chunk c.
+func (sh *shard) moveChunkToFront(cls int, ref uint32, c []byte) {
 	l := &sh.lists[cls]
 	if int64(sh.bump-u32(c, hBump)) < l.n/4 {
 		return
@@ -152,14 +156,20 @@ func (sh *shard) bucket(h uint64) *uint32 {
 
 // lookup returns key's head ref, 0 if absent.
 func (sh *shard) lookup(key string, h uint64) uint32 {
+	ref, _ := sh.find(key, h)
+	return ref
+}
+
+// find returns key's head ref and chunk, 0 and nil if absent.
+func (sh *shard) find(key string, h uint64) (uint32, []byte) {
 	for ref := *sh.bucket(h); ref != 0; {
 		c := sh.chunk(ref)
 		if int(c[hKlen]) == len(key) && string(chunkKey(c)) == key {
-			return ref
+			return ref, c
 		}
 		ref = u32(c, hHnext)
 	}
-	return 0
+	return 0, nil
 }
 
 func (sh *shard) indexInsert(ref uint32, h uint64) {
