@@ -3,6 +3,7 @@ package server
 import (
 	"time"
 
+	"github.com/xdpcache/xdpcache/cache"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
@@ -69,6 +70,12 @@ func (b localBackend) get(c *session, r getReq) {
 			c.out = c.out[:mark]
 			c.clientError(badFormat)
 			return
+		}
+		if req.plain(s) {
+			// The value goes from the store's memory straight into the reply.
+			hit := s.store.View(str(key), func(it cache.Item) { c.appendValue(key, &it, r.withCAS) })
+			c.countGet(r.touch, hit)
+			continue
 		}
 		s.fetch(key, &req, &res)
 		if res.hit {

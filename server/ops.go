@@ -355,11 +355,17 @@ type fetchResult struct {
 	err          error
 }
 
+// plain reports whether r is a plain read, whose fetch the store records itself: no touch, no
+// kernel offer, no meta state to read or change.
+func (r *fetchReq) plain(s *Server) bool {
+	return !r.touch && !(r.offer && s.kernel != nil) && !r.vivify && !r.tokens && !r.noUpdate
+}
+
 // fetch retrieves key into res.
 func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 	k := str(key)
 	offer := r.offer && s.kernel != nil
-	if !r.touch && !offer && !r.vivify && !r.tokens && !r.noUpdate {
+	if r.plain(s) {
 		// A plain read: the store records the fetch itself.
 		it, ok := s.store.Get(k)
 		*res = fetchResult{item: it, hit: ok}
