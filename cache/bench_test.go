@@ -62,7 +62,7 @@ func BenchmarkView(b *testing.B) {
 			var buf []byte
 			i := 0
 			for b.Loop() {
-				if !s.View(keys[i&(benchKeys-1)], func(it Item) { buf = append(buf[:0], it.Value...) }) {
+				if !s.View(keys[i&(benchKeys-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
 					b.Fatal("miss")
 				}
 				i++
@@ -127,7 +127,7 @@ func BenchmarkViewParallel(b *testing.B) {
 				i := int(seed.Add(7919))
 				buf := make([]byte, 0, 64)
 				for pb.Next() {
-					if !s.View(keys[i&(benchKeys-1)], func(it Item) { buf = append(buf[:0], it.Value...) }) {
+					if !s.View(keys[i&(benchKeys-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
 						b.Error("miss")
 						return
 					}

@@ -361,7 +361,7 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 	if ref != 0 {
 		// The shard's scratch Item: fn's argument escapes, and a fresh one would cost an
 		// allocation on every call.
-		sh.cur = sh.load(c, false)
+		sh.load(c, false, &sh.cur)
 		cur = &sh.cur
 	}
 	next, op := fn(cur)
@@ -734,7 +734,7 @@ func (s *Store) changed(key string) {
 // Get returns a copy of key's live item and records the fetch: Fetched, LastAccess = now and an
 // LRU bump. The copy shows the access state from before this fetch (what meta flags h and l
 // report). The hook runs only if an expired or flushed item was removed.
-func (s *Store) Get(key string) (Item, bool) {
+func (s *Store) Get(key string) (it Item, ok bool) {
 	h := maphash.String(s.seed, key)
 	sh := s.shardOf(h)
 	sh.mu.Lock()
@@ -744,17 +744,17 @@ func (s *Store) Get(key string) (Item, bool) {
 	if ref == 0 {
 		return Item{}, false
 	}
-	it := sh.load(c, true)
+	sh.load(c, true, &it)
 	sh.fetched(ref, c, now)
 	return it, true
 }
 
 // View calls fn with key's live item and records the fetch as Get does, without copying the
-// value: it.Value is the store's memory, valid only while fn runs, and fn runs under the key's
-// shard lock, so it must not call back into the Store and should be quick. The item shows the
-// access state from before this fetch. View reports whether there was a live item; fn is not
-// called if there was none.
-func (s *Store) View(key string, fn func(it Item)) bool {
+// value: *it is valid only while fn runs and it.Value's bytes are the store's memory; fn must
+// change neither. fn runs under the key's shard lock, so it must not call back into the Store and
+// should be quick. The item shows the access state from before this fetch. View reports whether
+// there was a live item; fn is not called if there was none.
+func (s *Store) View(key string, fn func(it *Item)) bool {
 	h := maphash.String(s.seed, key)
 	sh := s.shardOf(h)
 	sh.mu.Lock()
@@ -764,7 +764,10 @@ func (s *Store) View(key string, fn func(it Item)) bool {
 	if ref == 0 {
 		return false
 	}
-	fn(sh.load(c, false))
+	// The shard's scratch Item, as in Do: filled field by field and handed over, not copied.
+	sh.load(c, false, &sh.cur)
+	fn(&sh.cur)
+	sh.cur.Value = nil
 	sh.fetched(ref, c, now)
 	return true
 }
@@ -972,7 +975,7 @@ func (sh *shard) fitsInPlace(old uint32, key string, value []byte) bool {
 // link enters a new item into the index, its class's LRU head and the accounts.
 func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
 	sh.indexInsert(ref, h)
-	sh.pushFront(cls, ref)
+	sh.pushFront(cls, ref, sh.chunk(ref))
 	l := &sh.lists[cls]
 	l.n++
 	l.requested += size
@@ -985,7 +988,7 @@ func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
 func (sh *shard) remove(ref uint32, h uint64) {
 	cls := sh.class(ref)
 	size := sh.itemSizeOf(ref)
-	sh.unlinkLRU(cls, ref)
+	sh.unlinkLRU(cls, ref, sh.chunk(ref))
 	sh.indexRemove(ref, h)
 	l := &sh.lists[cls]
 	l.n--
@@ -1003,19 +1006,18 @@ func (sh *shard) remove(ref uint32, h uint64) {
 	sh.sl.release(refs...)
 }
 
-// load returns the item in head chunk c. Its Value shares the chunk's bytes unless own is set or
-// the value spans a chain of chunks.
-func (sh *shard) load(c []byte, own bool) Item {
+// load sets *it to the item in head chunk c. Its Value shares the chunk's bytes unless own is
+// set or the value spans a chain of chunks. It writes the fields one by one: a struct built
+// whole and then copied is read back in wider moves than it was written in, which stalls.
+func (sh *shard) load(c []byte, own bool, it *Item) {
 	bits := c[hBits]
-	it := Item{
-		Flags:      u32(c, hFlags),
-		Exptime:    int64(u64(c, hExp)),
-		CAS:        u64(c, hCAS),
-		LastAccess: int64(u32(c, hAccess)),
-		Fetched:    bits&bitFetched != 0,
-		Stale:      bits&bitStale != 0,
-		WinIssued:  bits&bitWin != 0,
-	}
+	it.Flags = u32(c, hFlags)
+	it.Exptime = int64(u64(c, hExp))
+	it.CAS = u64(c, hCAS)
+	it.LastAccess = int64(u32(c, hAccess))
+	it.Fetched = bits&bitFetched != 0
+	it.Stale = bits&bitStale != 0
+	it.WinIssued = bits&bitWin != 0
 	klen, vlen := int(c[hKlen]), chunkVlen(c)
 	if bits&bitChained == 0 {
 		v := c[hdrSize+klen : hdrSize+klen+vlen : hdrSize+klen+vlen]
@@ -1023,7 +1025,7 @@ func (sh *shard) load(c []byte, own bool) Item {
 			v = append(make([]byte, 0, vlen), v...)
 		}
 		it.Value = v
-		return it
+		return
 	}
 	v := make([]byte, 0, vlen)
 	v = append(v, c[headSpan(klen, true):]...)
@@ -1033,7 +1035,6 @@ func (sh *shard) load(c []byte, own bool) Item {
 		r = u32(cc, 0)
 	}
 	it.Value = v[:vlen]
-	return it
 }
 
 // sameValue reports whether v is the value stored at head ref: the very bytes load handed out
@@ -1047,8 +1048,9 @@ func (sh *shard) sameValue(ref uint32, v []byte) bool {
 	if c[hBits]&bitChained == 0 {
 		return vlen == 0 || &v[0] == &c[hdrSize+klen]
 	}
-	stored := sh.load(c, false).Value
-	return string(stored) == string(v)
+	var stored Item
+	sh.load(c, false, &stored)
+	return string(stored.Value) == string(v)
 }
 
 // saveMeta writes it's fields other than the value into the head chunk at ref.

@@ -89,9 +89,9 @@ type classCounters struct {
 
 func (sh *shard) chunk(ref uint32) []byte { return sh.sl.chunk(ref) }
 
-func (sh *shard) pushFront(cls int, ref uint32) {
+// pushFront puts the item at ref, in head chunk c, at the head of its class's list.
+func (sh *shard) pushFront(cls int, ref uint32, c []byte) {
 	l := &sh.lists[cls]
-	c := sh.chunk(ref)
 	put32(c, hPrev, 0)
 	put32(c, hNext, l.head)
 	if l.head != 0 {
@@ -104,9 +104,9 @@ func (sh *shard) pushFront(cls int, ref uint32) {
 	put32(c, hBump, sh.bump)
 }
 
-func (sh *shard) unlinkLRU(cls int, ref uint32) {
+// unlinkLRU takes the item at ref, in head chunk c, out of its class's list.
+func (sh *shard) unlinkLRU(cls int, ref uint32, c []byte) {
 	l := &sh.lists[cls]
-	c := sh.chunk(ref)
 	prev, next := u32(c, hPrev), u32(c, hNext)
 	if prev != 0 {
 		put32(sh.chunk(prev), hNext, next)
@@ -141,8 +141,8 @@ func (sh *shard) moveChunkToFront(cls int, ref uint32, c []byte) {
 		put32(c, hBump, sh.bump)
 		return
 	}
-	sh.unlinkLRU(cls, ref)
-	sh.pushFront(cls, ref)
+	sh.unlinkLRU(cls, ref, c)
+	sh.pushFront(cls, ref, c)
 }
 
 // The index: a chained hash table of head refs, its buckets a plain []uint32, grown by doubling

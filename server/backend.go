@@ -73,7 +73,7 @@ func (b localBackend) get(c *session, r getReq) {
 		}
 		if req.plain(s) {
 			// The value goes from the store's memory straight into the reply.
-			hit := s.store.View(str(key), func(it cache.Item) { c.appendValue(key, &it, r.withCAS) })
+			hit := s.store.View(str(key), func(it *cache.Item) { c.appendValue(key, it, r.withCAS) })
 			c.countGet(r.touch, hit)
 			continue
 		}
