@@ -187,6 +187,33 @@ func BenchmarkMixedParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkMixedViewParallel is BenchmarkMixedParallel reading with View, copying each value
+// into a buffer, as the server's get does.
+func BenchmarkMixedViewParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				buf := make([]byte, 0, 64)
+				for pb.Next() {
+					k := keys[i&(benchKeys-1)]
+					if i%10 == 0 {
+						s.Do(k, func(*Item) (*Item, Op) { return &Item{Value: benchValue}, Replace })
+					} else {
+						s.View(k, func(it *Item) { buf = append(buf[:0], it.Value...) })
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
 // BenchmarkSetEvicting stores into a store that holds a quarter of the keys, so every store
 // evicts: the cost of the eviction path and its hook calls.
 func BenchmarkSetEvicting(b *testing.B) {
