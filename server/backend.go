@@ -3,7 +3,6 @@ package server
 import (
 	"time"
 
-	"github.com/xdpcache/xdpcache/cache"
 	"github.com/xdpcache/xdpcache/internal/protocol"
 )
 
@@ -60,7 +59,8 @@ type localBackend struct{ s *Server }
 
 func (b localBackend) get(c *session, r getReq) {
 	s := b.s
-	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch}
+	// The hits' replies are formatted while each key is locked, straight from the store.
+	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch, reply: c, withCAS: r.withCAS}
 	mark := len(c.out)
 	var res fetchResult
 	for _, key := range c.keys {
@@ -71,16 +71,7 @@ func (b localBackend) get(c *session, r getReq) {
 			c.clientError(badFormat)
 			return
 		}
-		if req.plain(s) {
-			// The value goes from the store's memory straight into the reply.
-			hit := s.store.View(str(key), func(it *cache.Item) { c.appendValue(key, it, r.withCAS) })
-			c.countGet(r.touch, hit)
-			continue
-		}
 		s.fetch(key, &req, &res)
-		if res.hit {
-			c.appendValue(key, &res.item, r.withCAS)
-		}
 		c.countGet(r.touch, res.hit)
 	}
 	c.out = append(c.out, protocol.End...)
