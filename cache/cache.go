@@ -1075,8 +1075,15 @@ func (sh *shard) saveMeta(ref uint32, it *Item) {
 
 // fetched records a fetch of the item at head ref, in chunk c.
 func (sh *shard) fetched(ref uint32, c []byte, now time.Time) {
-	c[hBits] |= bitFetched
-	put32(c, hAccess, uint32(now.Unix()))
+	// Written only when they change: a read of an item read before within the same second
+	// then leaves its header's cache lines clean, and another core reading it has no
+	// modified line to fetch.
+	if c[hBits]&bitFetched == 0 {
+		c[hBits] |= bitFetched
+	}
+	if sec := uint32(now.Unix()); u32(c, hAccess) != sec {
+		put32(c, hAccess, sec)
+	}
 	cls := sh.class(ref)
 	sh.lists[cls].st.getHits++
 	sh.moveChunkToFront(cls, ref, c)
