@@ -74,6 +74,27 @@ func BenchmarkView(b *testing.B) {
 	}
 }
 
+// BenchmarkViewHot reads an eighth of the keys over and over, so that each read finds its item
+// near the head of its LRU list, as the reads of a skewed workload do (the others cycle through
+// every key, so that each read finds its item at the tail).
+func BenchmarkViewHot(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			var buf []byte
+			i := 0
+			for b.Loop() {
+				if !s.View(keys[i&(benchKeys/8-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
+					b.Fatal("miss")
+				}
+				i++
+			}
+		})
+	}
+}
+
 func BenchmarkSet(b *testing.B) {
 	keys := benchKeySet()
 	for _, n := range shardCases {
