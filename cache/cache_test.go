@@ -744,3 +744,51 @@ func TestLRUBumpSkipsFrontQuarter(t *testing.T) {
 	h.expectChanged(t, "k01", "n00")
 	mustGet(t, s, "k00", val)
 }
+
+// TestView: View shows what Get shows, without a copy of the value, records the fetch the same
+// way, and neither calls fn for a missing or expired item nor leaves the expired one behind.
+func TestView(t *testing.T) {
+	s, clk, h := newTestStore(t, Config{Shards: 2})
+	cas := set(t, s, "k", "value", 0)
+	set(t, s, "e", "gone", s.Exptime(1))
+	stored := clk.Now().Unix()
+	clk.Advance(3 * time.Second)
+	h.take()
+
+	var seen []Item
+	view := func(key string) bool {
+		return s.View(key, func(it *Item) {
+			c := *it
+			c.Value = append([]byte(nil), it.Value...)
+			seen = append(seen, c)
+		})
+	}
+	if !view("k") || !view("k") {
+		t.Fatal("View missed a live item")
+	}
+	if len(seen) != 2 {
+		t.Fatalf("fn called %d times for two hits", len(seen))
+	}
+	first, second := seen[0], seen[1]
+	if string(first.Value) != "value" || first.CAS != cas || first.Fetched || first.LastAccess != stored {
+		t.Fatalf("first View = %+v; want the stored item, unfetched, LastAccess %d", first, stored)
+	}
+	if !second.Fetched || second.LastAccess != stored+3 {
+		t.Fatalf("second View = %+v; want fetched, LastAccess %d", second, stored+3)
+	}
+	if it, _ := s.Get("k"); !it.Fetched || string(it.Value) != "value" {
+		t.Fatalf("Get after View = %+v", it)
+	}
+	seen = nil
+	if view("missing") || view("e") || len(seen) != 0 {
+		t.Fatalf("View of a missing or expired key: fn saw %v", seen)
+	}
+	h.expectChanged(t, "e")
+	var hits uint64
+	for _, c := range s.Classes() {
+		hits += c.GetHits
+	}
+	if st := s.Stats(); hits != 3 || st.CurrItems != 1 {
+		t.Fatalf("after two Views and a Get of a live item: %d hits, %d items; want 3 and 1", hits, st.CurrItems)
+	}
+}
