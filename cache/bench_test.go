@@ -51,6 +51,50 @@ func BenchmarkGet(b *testing.B) {
 	}
 }
 
+// BenchmarkView reads with View, copying each value into a reused buffer as the server copies it
+// into its reply: a read that obtains the value bytes without an allocation.
+func BenchmarkView(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			var buf []byte
+			i := 0
+			for b.Loop() {
+				if !s.View(keys[i&(benchKeys-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
+					b.Fatal("miss")
+				}
+				i++
+			}
+			if len(buf) != len(benchValue) {
+				b.Fatalf("read %d bytes, stored %d", len(buf), len(benchValue))
+			}
+		})
+	}
+}
+
+// BenchmarkViewHot reads an eighth of the keys over and over, so that each read finds its item
+// near the head of its LRU list, as the reads of a skewed workload do (the others cycle through
+// every key, so that each read finds its item at the tail).
+func BenchmarkViewHot(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			b.ReportAllocs()
+			var buf []byte
+			i := 0
+			for b.Loop() {
+				if !s.View(keys[i&(benchKeys/8-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
+					b.Fatal("miss")
+				}
+				i++
+			}
+		})
+	}
+}
+
 func BenchmarkSet(b *testing.B) {
 	keys := benchKeySet()
 	for _, n := range shardCases {
@@ -82,6 +126,29 @@ func BenchmarkGetParallel(b *testing.B) {
 				i := int(seed.Add(7919))
 				for pb.Next() {
 					if _, ok := s.Get(keys[i&(benchKeys-1)]); !ok {
+						b.Error("miss")
+						return
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkViewParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				buf := make([]byte, 0, 64)
+				for pb.Next() {
+					if !s.View(keys[i&(benchKeys-1)], func(it *Item) { buf = append(buf[:0], it.Value...) }) {
 						b.Error("miss")
 						return
 					}
@@ -133,6 +200,33 @@ func BenchmarkMixedParallel(b *testing.B) {
 						s.Do(k, func(*Item) (*Item, Op) { return &Item{Value: benchValue}, Replace })
 					} else {
 						s.Get(k)
+					}
+					i++
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkMixedViewParallel is BenchmarkMixedParallel reading with View, copying each value
+// into a buffer, as the server's get does.
+func BenchmarkMixedViewParallel(b *testing.B) {
+	keys := benchKeySet()
+	for _, n := range shardCases {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			s := benchStore(b, n, keys)
+			var seed atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				buf := make([]byte, 0, 64)
+				for pb.Next() {
+					k := keys[i&(benchKeys-1)]
+					if i%10 == 0 {
+						s.Do(k, func(*Item) (*Item, Op) { return &Item{Value: benchValue}, Replace })
+					} else {
+						s.View(k, func(it *Item) { buf = append(buf[:0], it.Value...) })
 					}
 					i++
 				}

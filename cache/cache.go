@@ -311,8 +311,14 @@ func (s *Store) Exptime(raw int64) int64 {
 }
 
 func (s *Store) shardFor(key string) *shard {
-	h := maphash.String(s.seed, key)
-	return &s.shards[h%uint64(len(s.shards))]
+	return s.shardOf(maphash.String(s.seed, key))
+}
+
+// shardOf returns the shard of a key hashing to h. It maps the hash's low 32 bits onto the
+// shards by a multiply and shift, not a division, which costs more than the rest of the
+// arithmetic of a lookup; the index buckets use the high 32 bits.
+func (s *Store) shardOf(h uint64) *shard {
+	return &s.shards[uint64(uint32(h))*uint64(len(s.shards))>>32]
 }
 
 func itemSize(key string, value []byte) int64 {
@@ -333,19 +339,30 @@ func itemSize(key string, value []byte) int64 {
 // Install, else 0.
 func (s *Store) Do(key string, fn func(cur *Item) (next *Item, op Op)) (cas uint64, err error) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	// One deferred call and one return: the compiler inlines the defer, which it does not for
+	// a function with as many returns as do.
+	defer sh.endDo()
+	return s.do(sh, key, h, fn)
+}
 
+// endDo forgets Do's scratch item, which may share the store's memory, and unlocks the shard.
+func (sh *shard) endDo() {
+	sh.cur = Item{}
+	sh.mu.Unlock()
+}
+
+// do is Do under sh's lock.
+func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *Item, op Op)) (uint64, error) {
 	now := s.now()
-	ref := s.live(sh, key, h, now)
+	ref, c := s.liveChunk(sh, key, h, now)
 	var cur *Item
 	if ref != 0 {
 		// The shard's scratch Item: fn's argument escapes, and a fresh one would cost an
 		// allocation on every call.
-		sh.cur = sh.load(ref, false)
+		sh.load(c, false, &sh.cur)
 		cur = &sh.cur
-		defer func() { sh.cur = Item{} }()
 	}
 	next, op := fn(cur)
 
@@ -665,17 +682,27 @@ func (s *Store) evict(sh *shard, ref uint32, now time.Time) {
 // live returns key's head ref if the item is live, removing it (hook runs) if it is expired or
 // flushed. The shard lock is held.
 func (s *Store) live(sh *shard, key string, h uint64, now time.Time) uint32 {
-	ref := sh.lookup(key, h)
-	if ref == 0 || s.reap(sh, ref, h, now) {
-		return 0
-	}
+	ref, _ := s.liveChunk(sh, key, h, now)
 	return ref
+}
+
+// liveChunk is live, also returning the head chunk.
+func (s *Store) liveChunk(sh *shard, key string, h uint64, now time.Time) (uint32, []byte) {
+	ref, c := sh.find(key, h)
+	if ref == 0 || s.reapChunk(sh, ref, c, h, now) {
+		return 0, nil
+	}
+	return ref, c
 }
 
 // reap removes ref if it is expired or flushed and reports whether it did. The shard lock is
 // held.
 func (s *Store) reap(sh *shard, ref uint32, h uint64, now time.Time) bool {
-	c := sh.chunk(ref)
+	return s.reapChunk(sh, ref, sh.chunk(ref), h, now)
+}
+
+// reapChunk is reap with ref's head chunk c.
+func (s *Store) reapChunk(sh *shard, ref uint32, c []byte, h uint64, now time.Time) bool {
 	switch {
 	case expiredAt(c, now.Unix()):
 		st := &sh.lists[sh.class(ref)].st
@@ -707,19 +734,42 @@ func (s *Store) changed(key string) {
 // Get returns a copy of key's live item and records the fetch: Fetched, LastAccess = now and an
 // LRU bump. The copy shows the access state from before this fetch (what meta flags h and l
 // report). The hook runs only if an expired or flushed item was removed.
-func (s *Store) Get(key string) (Item, bool) {
+func (s *Store) Get(key string) (it Item, ok bool) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	ref := s.live(sh, key, h, now)
+	ref, c := s.liveChunk(sh, key, h, now)
 	if ref == 0 {
 		return Item{}, false
 	}
-	it := sh.load(ref, true)
-	sh.fetched(ref, now)
+	sh.load(c, true, &it)
+	sh.fetched(ref, c, now)
 	return it, true
+}
+
+// View calls fn with key's live item and records the fetch as Get does, without copying the
+// value: *it is valid only while fn runs and it.Value's bytes are the store's memory; fn must
+// change neither. fn runs under the key's shard lock, so it must not call back into the Store and
+// should be quick. The item shows the access state from before this fetch. View reports whether
+// there was a live item; fn is not called if there was none.
+func (s *Store) View(key string, fn func(it *Item)) bool {
+	h := maphash.String(s.seed, key)
+	sh := s.shardOf(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := s.now()
+	ref, c := s.liveChunk(sh, key, h, now)
+	if ref == 0 {
+		return false
+	}
+	// The shard's scratch Item, as in Do: filled field by field and handed over, not copied.
+	sh.load(c, false, &sh.cur)
+	fn(&sh.cur)
+	sh.cur.Value = nil
+	sh.fetched(ref, c, now)
+	return true
 }
 
 // RecordFetch records a fetch of key that was answered elsewhere (the kernel cache): Fetched,
@@ -727,12 +777,12 @@ func (s *Store) Get(key string) (Item, bool) {
 // key that is gone; an expired or flushed one is removed (the hook runs).
 func (s *Store) RecordFetch(key string) {
 	h := maphash.String(s.seed, key)
-	sh := &s.shards[h%uint64(len(s.shards))]
+	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
-	if ref := s.live(sh, key, h, now); ref != 0 {
-		sh.fetched(ref, now)
+	if ref, c := s.liveChunk(sh, key, h, now); ref != 0 {
+		sh.fetched(ref, c, now)
 	}
 }
 
@@ -876,19 +926,24 @@ func (s *Store) Keys() []string {
 
 // shard is one lock's worth of the store.
 type shard struct {
+	// The first cache line holds what every operation reads and writes under the lock, with
+	// the lock; the second what operations only read. With the lock taken on one core after
+	// another, each line written is one more to move between them.
 	mu      sync.Mutex
-	id      int
+	bump    uint32   // access counter: each LRU bump takes the next value
+	count   int      // items in the index
+	bytes   int64    // sum of the items' sizes
+	buckets []uint32 // hash index of head refs
 	sl      *slabs
-	seed    maphash.Seed
-	buckets []uint32    // hash index of head refs
-	count   int         // items in the index
-	lists   []classList // per size class
-	bytes   int64       // sum of the items' sizes
-	budget  int64       // MemoryLimit / Shards
-	bump    uint32      // access counter: each LRU bump takes the next value
-	cur     Item        // Do's scratch item
 
-	sweepBucket, sweepSkip int // where the next sweep of this shard starts
+	lists       []classList // per size class
+	budget      int64       // MemoryLimit / Shards
+	id          int
+	seed        maphash.Seed
+	sweepBucket int // where the next sweep of this shard starts
+	sweepSkip   int
+
+	cur Item // Do's and View's scratch item
 
 	// Keep shards that sit next to each other in the slice on separate cache lines.
 	_ [64]byte
@@ -925,7 +980,7 @@ func (sh *shard) fitsInPlace(old uint32, key string, value []byte) bool {
 // link enters a new item into the index, its class's LRU head and the accounts.
 func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
 	sh.indexInsert(ref, h)
-	sh.pushFront(cls, ref)
+	sh.pushFront(cls, ref, sh.chunk(ref))
 	l := &sh.lists[cls]
 	l.n++
 	l.requested += size
@@ -938,7 +993,7 @@ func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
 func (sh *shard) remove(ref uint32, h uint64) {
 	cls := sh.class(ref)
 	size := sh.itemSizeOf(ref)
-	sh.unlinkLRU(cls, ref)
+	sh.unlinkLRU(cls, ref, sh.chunk(ref))
 	sh.indexRemove(ref, h)
 	l := &sh.lists[cls]
 	l.n--
@@ -956,20 +1011,18 @@ func (sh *shard) remove(ref uint32, h uint64) {
 	sh.sl.release(refs...)
 }
 
-// load returns the item at head ref. Its Value shares the chunk's bytes unless own is set or the
-// value spans a chain of chunks.
-func (sh *shard) load(ref uint32, own bool) Item {
-	c := sh.chunk(ref)
+// load sets *it to the item in head chunk c. Its Value shares the chunk's bytes unless own is
+// set or the value spans a chain of chunks. It writes the fields one by one: a struct built
+// whole and then copied is read back in wider moves than it was written in, which stalls.
+func (sh *shard) load(c []byte, own bool, it *Item) {
 	bits := c[hBits]
-	it := Item{
-		Flags:      u32(c, hFlags),
-		Exptime:    int64(u64(c, hExp)),
-		CAS:        u64(c, hCAS),
-		LastAccess: int64(u32(c, hAccess)),
-		Fetched:    bits&bitFetched != 0,
-		Stale:      bits&bitStale != 0,
-		WinIssued:  bits&bitWin != 0,
-	}
+	it.Flags = u32(c, hFlags)
+	it.Exptime = int64(u64(c, hExp))
+	it.CAS = u64(c, hCAS)
+	it.LastAccess = int64(u32(c, hAccess))
+	it.Fetched = bits&bitFetched != 0
+	it.Stale = bits&bitStale != 0
+	it.WinIssued = bits&bitWin != 0
 	klen, vlen := int(c[hKlen]), chunkVlen(c)
 	if bits&bitChained == 0 {
 		v := c[hdrSize+klen : hdrSize+klen+vlen : hdrSize+klen+vlen]
@@ -977,7 +1030,7 @@ func (sh *shard) load(ref uint32, own bool) Item {
 			v = append(make([]byte, 0, vlen), v...)
 		}
 		it.Value = v
-		return it
+		return
 	}
 	v := make([]byte, 0, vlen)
 	v = append(v, c[headSpan(klen, true):]...)
@@ -987,7 +1040,6 @@ func (sh *shard) load(ref uint32, own bool) Item {
 		r = u32(cc, 0)
 	}
 	it.Value = v[:vlen]
-	return it
 }
 
 // sameValue reports whether v is the value stored at head ref: the very bytes load handed out
@@ -1001,8 +1053,9 @@ func (sh *shard) sameValue(ref uint32, v []byte) bool {
 	if c[hBits]&bitChained == 0 {
 		return vlen == 0 || &v[0] == &c[hdrSize+klen]
 	}
-	stored := sh.load(ref, false).Value
-	return string(stored) == string(v)
+	var stored Item
+	sh.load(c, false, &stored)
+	return string(stored.Value) == string(v)
 }
 
 // saveMeta writes it's fields other than the value into the head chunk at ref.
@@ -1025,12 +1078,18 @@ func (sh *shard) saveMeta(ref uint32, it *Item) {
 	c[hBits] = bits
 }
 
-// fetched records a fetch of the item at head ref.
-func (sh *shard) fetched(ref uint32, now time.Time) {
-	c := sh.chunk(ref)
-	c[hBits] |= bitFetched
-	put32(c, hAccess, uint32(now.Unix()))
+// fetched records a fetch of the item at head ref, in chunk c.
+func (sh *shard) fetched(ref uint32, c []byte, now time.Time) {
+	// Written only when they change: a read of an item read before within the same second
+	// then leaves its header's cache lines clean, and another core reading it has no
+	// modified line to fetch.
+	if c[hBits]&bitFetched == 0 {
+		c[hBits] |= bitFetched
+	}
+	if sec := uint32(now.Unix()); u32(c, hAccess) != sec {
+		put32(c, hAccess, sec)
+	}
 	cls := sh.class(ref)
 	sh.lists[cls].st.getHits++
-	sh.moveToFront(cls, ref)
+	sh.moveChunkToFront(cls, ref, c)
 }

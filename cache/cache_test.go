@@ -3,6 +3,8 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -689,5 +691,104 @@ func TestRaiseCAS(t *testing.T) {
 	}
 	if cas != 501 {
 		t.Fatalf("CAS after RaiseCAS(500): %d, want 501", cas)
+	}
+}
+
+// lruOrder returns the keys of key's class list in key's shard, most recently used first.
+func lruOrder(s *Store, key string) []string {
+	sh := s.shardFor(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	h := maphash.String(s.seed, key)
+	l := &sh.lists[sh.class(sh.lookup(key, h))]
+	var keys []string
+	for ref := l.head; ref != 0; ref = u32(sh.chunk(ref), hNext) {
+		keys = append(keys, string(chunkKey(sh.chunk(ref))))
+	}
+	return keys
+}
+
+// TestLRUBumpSkipsFrontQuarter: a use of an item in the front quarter of its class list leaves the
+// list as it is; one further back moves the item to the head, and eviction takes the true tail.
+func TestLRUBumpSkipsFrontQuarter(t *testing.T) {
+	const val = "0123456789"
+	size := itemSize("k00", []byte(val))
+	s, _, h := newTestStore(t, Config{Shards: 1, MemoryLimit: 100 * size})
+	var want []string // most recently used first
+	for i := range 100 {
+		k := fmt.Sprintf("k%02d", i)
+		set(t, s, k, val, 0)
+		want = append([]string{k}, want...)
+	}
+	h.take()
+	// Positions 0 to 24 of 100: each had fewer than 25 items pushed ahead of it since its store.
+	for i := 99; i >= 75; i-- {
+		mustGet(t, s, fmt.Sprintf("k%02d", i), val)
+	}
+	if _, err := s.Do("k80", func(*Item) (*Item, Op) { return nil, Keep }); err != nil {
+		t.Fatal(err)
+	}
+	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
+		t.Fatalf("uses in the front quarter reordered the list:\n got %v\nwant %v", got, want)
+	}
+	// Position 25 is outside it: k74 moves to the head, as does the tail k00.
+	mustGet(t, s, "k74", val)
+	mustGet(t, s, "k00", val)
+	want = slices.DeleteFunc(want, func(k string) bool { return k == "k74" || k == "k00" })
+	want = append([]string{"k00", "k74"}, want...)
+	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
+		t.Fatalf("after using k74 and k00:\n got %v\nwant %v", got, want)
+	}
+	// The store is full: the next store evicts the tail, k01.
+	set(t, s, "n00", val, 0)
+	h.expectChanged(t, "k01", "n00")
+	mustGet(t, s, "k00", val)
+}
+
+// TestView: View shows what Get shows, without a copy of the value, records the fetch the same
+// way, and neither calls fn for a missing or expired item nor leaves the expired one behind.
+func TestView(t *testing.T) {
+	s, clk, h := newTestStore(t, Config{Shards: 2})
+	cas := set(t, s, "k", "value", 0)
+	set(t, s, "e", "gone", s.Exptime(1))
+	stored := clk.Now().Unix()
+	clk.Advance(3 * time.Second)
+	h.take()
+
+	var seen []Item
+	view := func(key string) bool {
+		return s.View(key, func(it *Item) {
+			c := *it
+			c.Value = append([]byte(nil), it.Value...)
+			seen = append(seen, c)
+		})
+	}
+	if !view("k") || !view("k") {
+		t.Fatal("View missed a live item")
+	}
+	if len(seen) != 2 {
+		t.Fatalf("fn called %d times for two hits", len(seen))
+	}
+	first, second := seen[0], seen[1]
+	if string(first.Value) != "value" || first.CAS != cas || first.Fetched || first.LastAccess != stored {
+		t.Fatalf("first View = %+v; want the stored item, unfetched, LastAccess %d", first, stored)
+	}
+	if !second.Fetched || second.LastAccess != stored+3 {
+		t.Fatalf("second View = %+v; want fetched, LastAccess %d", second, stored+3)
+	}
+	if it, _ := s.Get("k"); !it.Fetched || string(it.Value) != "value" {
+		t.Fatalf("Get after View = %+v", it)
+	}
+	seen = nil
+	if view("missing") || view("e") || len(seen) != 0 {
+		t.Fatalf("View of a missing or expired key: fn saw %v", seen)
+	}
+	h.expectChanged(t, "e")
+	var hits uint64
+	for _, c := range s.Classes() {
+		hits += c.GetHits
+	}
+	if st := s.Stats(); hits != 3 || st.CurrItems != 1 {
+		t.Fatalf("after two Views and a Get of a live item: %d hits, %d items; want 3 and 1", hits, st.CurrItems)
 	}
 }

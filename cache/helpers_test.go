@@ -172,9 +172,10 @@ func mustMiss(t *testing.T, s *Store, key string) {
 }
 
 // checkInvariants verifies the shards' and the slabs' bookkeeping: every class list is well
-// linked and holds exactly the items of the index, byte counts add up, each shard is within
-// budget, each key sits in its own shard, every chunk in use is owned by the shard using it, and
-// every class's chunks are either free or in use.
+// linked and holds exactly the items of the index, no item has more items ahead of it than bumps
+// since its own, byte counts add up, each shard is within budget, each key sits in its own shard,
+// every chunk in use is owned by the shard using it, and every class's chunks are either free or
+// in use.
 func checkInvariants(t *testing.T, s *Store) {
 	t.Helper()
 	sl := s.sl
@@ -193,6 +194,11 @@ func checkInvariants(t *testing.T, s *Store) {
 				key := string(chunkKey(c))
 				if u32(c, hPrev) != prev {
 					t.Errorf("shard %d class %d: broken list links at %q", i, cls, key)
+				}
+				// What moveToFront relies on to leave items in place: each item ahead took a
+				// bump since this one's.
+				if age := int64(sh.bump - u32(c, hBump)); age < listed {
+					t.Errorf("shard %d class %d: %q has %d items ahead, %d bumps since its own", i, cls, key, listed, age)
 				}
 				if sh.class(ref) != cls {
 					t.Errorf("shard %d: %q listed in class %d, its chunk is in class %d", i, key, cls, sh.class(ref))

@@ -89,9 +89,9 @@ type classCounters struct {
 
 func (sh *shard) chunk(ref uint32) []byte { return sh.sl.chunk(ref) }
 
-func (sh *shard) pushFront(cls int, ref uint32) {
+// pushFront puts the item at ref, in head chunk c, at the head of its class's list.
+func (sh *shard) pushFront(cls int, ref uint32, c []byte) {
 	l := &sh.lists[cls]
-	c := sh.chunk(ref)
 	put32(c, hPrev, 0)
 	put32(c, hNext, l.head)
 	if l.head != 0 {
@@ -104,9 +104,9 @@ func (sh *shard) pushFront(cls int, ref uint32) {
 	put32(c, hBump, sh.bump)
 }
 
-func (sh *shard) unlinkLRU(cls int, ref uint32) {
+// unlinkLRU takes the item at ref, in head chunk c, out of its class's list.
+func (sh *shard) unlinkLRU(cls int, ref uint32, c []byte) {
 	l := &sh.lists[cls]
-	c := sh.chunk(ref)
 	prev, next := u32(c, hPrev), u32(c, hNext)
 	if prev != 0 {
 		put32(sh.chunk(prev), hNext, next)
@@ -120,14 +120,29 @@ func (sh *shard) unlinkLRU(cls int, ref uint32) {
 	}
 }
 
+// moveToFront records a use of the item at ref: it moves to the head of its class's list, unless
+// it is still in the list's front quarter. Every item ahead of it in the list was pushed or moved
+// after its own last move, each taking one bump, so fewer than n/4 bumps since then mean fewer
+// than n/4 items ahead. Such an item is left where it is, and its neighbours' chunks untouched,
+// as memcached leaves recently bumped items alone; a list of fewer than 8 items is kept in exact
+// LRU order.
 func (sh *shard) moveToFront(cls int, ref uint32) {
-	if sh.lists[cls].head == ref {
-		sh.bump++
-		put32(sh.chunk(ref), hBump, sh.bump)
+	sh.moveChunkToFront(cls, ref, sh.chunk(ref))
+}
+
+// moveChunkToFront is moveToFront with the item's head chunk c.
+func (sh *shard) moveChunkToFront(cls int, ref uint32, c []byte) {
+	l := &sh.lists[cls]
+	if int64(sh.bump-u32(c, hBump)) < l.n/4 {
 		return
 	}
-	sh.unlinkLRU(cls, ref)
-	sh.pushFront(cls, ref)
+	if l.head == ref {
+		sh.bump++
+		put32(c, hBump, sh.bump)
+		return
+	}
+	sh.unlinkLRU(cls, ref, c)
+	sh.pushFront(cls, ref, c)
 }
 
 // The index: a chained hash table of head refs, its buckets a plain []uint32, grown by doubling
@@ -141,14 +156,20 @@ func (sh *shard) bucket(h uint64) *uint32 {
 
 // lookup returns key's head ref, 0 if absent.
 func (sh *shard) lookup(key string, h uint64) uint32 {
+	ref, _ := sh.find(key, h)
+	return ref
+}
+
+// find returns key's head ref and chunk, 0 and nil if absent.
+func (sh *shard) find(key string, h uint64) (uint32, []byte) {
 	for ref := *sh.bucket(h); ref != 0; {
 		c := sh.chunk(ref)
 		if int(c[hKlen]) == len(key) && string(chunkKey(c)) == key {
-			return ref
+			return ref, c
 		}
 		ref = u32(c, hHnext)
 	}
-	return 0
+	return 0, nil
 }
 
 func (sh *shard) indexInsert(ref uint32, h uint64) {

@@ -59,7 +59,8 @@ type localBackend struct{ s *Server }
 
 func (b localBackend) get(c *session, r getReq) {
 	s := b.s
-	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch}
+	// The hits' replies are formatted while each key is locked, straight from the store.
+	req := fetchReq{touch: r.touch, exptime: r.exptime, offer: c.udp && !r.touch, reply: c, withCAS: r.withCAS}
 	mark := len(c.out)
 	var res fetchResult
 	for _, key := range c.keys {
@@ -71,9 +72,6 @@ func (b localBackend) get(c *session, r getReq) {
 			return
 		}
 		s.fetch(key, &req, &res)
-		if res.hit {
-			c.appendValue(key, &res.item, r.withCAS)
-		}
 		c.countGet(r.touch, res.hit)
 	}
 	c.out = append(c.out, protocol.End...)

@@ -341,11 +341,16 @@ type fetchReq struct {
 	// before recacheBefore (mg, R). recacheAfterTouch: R came after T, so the new expiry counts.
 	tokens, recache, recacheAfterTouch bool
 	recacheBefore                      int64
+	// reply: format a hit as a get reply (VALUE, with the CAS if withCAS) into this session's
+	// output while the key is locked, from the store's memory, instead of copying the value
+	// into the result (whose item then has no Value).
+	reply   *session
+	withCAS bool
 }
 
 // fetchResult is one retrieved key. item is a copy from before this fetch changed it (Fetched
 // and LastAccess as they were, which mg h and l report; the old Exptime under touch), or with
-// created the new empty item. won: this client got a recache win token; an item that already
+// created the new empty item; without its Value when the request had a reply session. won: this client got a recache win token; an item that already
 // had one handed out has WinIssued set. now is the store's clock at the fetch, in unix seconds.
 type fetchResult struct {
 	item         cache.Item
@@ -355,12 +360,23 @@ type fetchResult struct {
 	err          error
 }
 
+// plain reports whether r is a plain read, whose fetch the store records itself: no touch, no
+// kernel offer, no meta state to read or change.
+func (r *fetchReq) plain(s *Server) bool {
+	return !r.touch && !(r.offer && s.kernel != nil) && !r.vivify && !r.tokens && !r.noUpdate
+}
+
 // fetch retrieves key into res.
 func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 	k := str(key)
 	offer := r.offer && s.kernel != nil
-	if !r.touch && !offer && !r.vivify && !r.tokens && !r.noUpdate {
+	if r.plain(s) {
 		// A plain read: the store records the fetch itself.
+		if r.reply != nil {
+			*res = fetchResult{}
+			res.hit = s.store.View(k, func(it *cache.Item) { r.reply.appendValue(key, it, r.withCAS) })
+			return
+		}
 		it, ok := s.store.Get(k)
 		*res = fetchResult{item: it, hit: ok}
 		return
@@ -379,10 +395,16 @@ func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 			res.item = cache.Item{Value: []byte{}, Exptime: r.vivifyExptime, LastAccess: res.now}
 			return &cache.Item{Value: []byte{}, Exptime: r.vivifyExptime, WinIssued: true}, cache.Replace
 		}
-		// A copy of the value: cur.Value is the store's memory, valid only until Do returns,
-		// and the reply is formatted after.
 		res.hit, res.item = true, *cur
-		res.item.Value = append([]byte(nil), cur.Value...)
+		if r.reply != nil {
+			// Before any change below: the reply shows the item as it was fetched.
+			r.reply.appendValue(key, cur, r.withCAS)
+			res.item.Value = nil
+		} else {
+			// A copy of the value: cur.Value is the store's memory, valid only until Do
+			// returns, and the reply is formatted after.
+			res.item.Value = append([]byte(nil), cur.Value...)
+		}
 		op := cache.Keep
 		if r.recache && !r.recacheAfterTouch && !cur.WinIssued && cur.Exptime != 0 && cur.Exptime < r.recacheBefore {
 			res.won = true
