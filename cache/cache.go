@@ -80,7 +80,8 @@ type Config struct {
 	// another does not, 2 after a single check, AutomoveOff never moves pages on its own. 0 means
 	// 1, memcached's default. SetAutomove changes it later.
 	Automove int
-	// Now is the clock, for tests; nil means time.Now.
+	// Now is the clock, for tests; nil means the wall clock (wallClock: time.Now's reading, at
+	// most a second behind a step of the wall clock).
 	Now func() time.Time
 	// Hook sees every change; nil means none.
 	Hook Hook
@@ -211,7 +212,7 @@ func New(cfg Config) *Store {
 		memoryLimit: cfg.MemoryLimit,
 	}
 	if s.now == nil {
-		s.now = time.Now
+		s.now = new(wallClock).Now
 	}
 	if s.maxItemSize <= 0 {
 		s.maxItemSize = DefaultMaxItemSize
@@ -604,23 +605,43 @@ func (s *Store) evictElsewhere(sh *shard, cls int, now time.Time) bool {
 // to reclaim before it evicts a live item (memcached looks at 5).
 const evictSearch = 5
 
+// maxRescues bounds the active items one eviction moves back to the head of their list before
+// it takes the tail whatever it is. Each rescue clears the bit a read set, so over time they
+// cost at most one list move per read.
+const maxRescues = 64
+
 // victim picks the item of class cls to evict in sh: the first expired or flushed one among the
-// evictSearch least recently used, else the least recently used; never keep. The lock is held.
+// evictSearch least recently used, else the least recently used that was not read since it last
+// moved in the list; never keep. An item read since (active) gets a second chance: it moves to
+// the head, its bit cleared, as memcached's LRU moves an active item out of the cold tail
+// rather than evict it. Reads thus only set a bit, and the list moves happen here, at most one
+// per read. The lock is held.
 func (s *Store) victim(sh *shard, cls int, keep uint32, now time.Time) uint32 {
-	v := sh.lists[cls].tail
-	if v == keep && v != 0 {
-		v = u32(sh.chunk(v), hPrev)
-	}
 	fs := s.flush.Load()
 	nowSec, nowNano := now.Unix(), now.UnixNano()
-	for i, r := 0, v; i < evictSearch && r != 0; i++ {
-		c := sh.chunk(r)
-		if r != keep && (expiredAt(c, nowSec) || fs.flushed(c, nowNano)) {
-			return r
+	for rescues := 0; ; rescues++ {
+		v := sh.lists[cls].tail
+		if v == keep && v != 0 {
+			v = u32(sh.chunk(v), hPrev)
 		}
-		r = u32(c, hPrev)
+		for i, r := 0, v; i < evictSearch && r != 0; i++ {
+			c := sh.chunk(r)
+			if r != keep && (expiredAt(c, nowSec) || fs.flushed(c, nowNano)) {
+				return r
+			}
+			r = u32(c, hPrev)
+		}
+		if v == 0 {
+			return 0
+		}
+		c := sh.chunk(v)
+		if c[hBits]&bitActive == 0 || rescues == maxRescues {
+			return v
+		}
+		c[hBits] &^= bitActive
+		sh.unlinkLRU(cls, v, c)
+		sh.pushFront(cls, v, c)
 	}
-	return v
 }
 
 // makeRoom evicts items other than keep until the shard is within its budget, least recently
@@ -1065,7 +1086,7 @@ func (sh *shard) saveMeta(ref uint32, it *Item) {
 	put64(c, hExp, uint64(it.Exptime))
 	put64(c, hCAS, it.CAS)
 	put32(c, hAccess, uint32(it.LastAccess))
-	bits := c[hBits] & bitChained
+	bits := c[hBits] & (bitChained | bitActive)
 	if it.Fetched {
 		bits |= bitFetched
 	}
@@ -1089,7 +1110,8 @@ func (sh *shard) fetched(ref uint32, c []byte, now time.Time) {
 	if sec := uint32(now.Unix()); u32(c, hAccess) != sec {
 		put32(c, hAccess, sec)
 	}
-	cls := sh.class(ref)
-	sh.lists[cls].st.getHits++
-	sh.moveChunkToFront(cls, ref, c)
+	if c[hBits]&bitActive == 0 {
+		c[hBits] |= bitActive
+	}
+	sh.lists[sh.class(ref)].st.getHits++
 }

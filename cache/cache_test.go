@@ -395,13 +395,17 @@ func TestLRUEviction(t *testing.T) {
 		t.Fatalf("stats %+v: want 7 evictions, all unfetched, %d bytes", st, 10*size)
 	}
 
-	// Evicting fetched items does not count as unfetched: the 8 left were all just fetched, and
-	// ten new items replace them all.
-	for i := range 10 {
+	// Evicting fetched items does not count as unfetched. The 8 left were all just fetched, so
+	// each gets a second chance before ten new items, never fetched, go: twenty new items
+	// evict the 8 and the first ten of their own.
+	for i := range 20 {
 		set(t, s, fmt.Sprintf("n%02d", i), val, 0)
 	}
-	if st := s.Stats(); st.Evictions != 15 || st.EvictedUnfetched != 7 {
-		t.Fatalf("stats %+v: want 15 evictions, 7 of them unfetched", st)
+	for _, k := range []string{"k00", "k01", "k05", "k10", "k11", "k12", "k13", "k14", "n00", "n09"} {
+		mustMiss(t, s, k)
+	}
+	if st := s.Stats(); st.Evictions != 7+8+10 || st.EvictedUnfetched != 7+10 {
+		t.Fatalf("stats %+v: want 25 evictions, 17 of them unfetched", st)
 	}
 }
 
@@ -708,41 +712,72 @@ func lruOrder(s *Store, key string) []string {
 	return keys
 }
 
-// TestLRUBumpSkipsFrontQuarter: a use of an item in the front quarter of its class list leaves the
-// list as it is; one further back moves the item to the head, and eviction takes the true tail.
-func TestLRUBumpSkipsFrontQuarter(t *testing.T) {
+// TestLRUSecondChance: a read leaves the list as it is and marks the item active; eviction moves
+// an active tail to the head, clearing the mark, and takes the next item instead. A write (Keep,
+// Modify) moves the item to the head unless it is in the front quarter of its class list.
+func TestLRUSecondChance(t *testing.T) {
 	const val = "0123456789"
 	size := itemSize("k00", []byte(val))
 	s, _, h := newTestStore(t, Config{Shards: 1, MemoryLimit: 100 * size})
-	var want []string // most recently used first
+	var want []string // head first
 	for i := range 100 {
 		k := fmt.Sprintf("k%02d", i)
 		set(t, s, k, val, 0)
 		want = append([]string{k}, want...)
 	}
 	h.take()
-	// Positions 0 to 24 of 100: each had fewer than 25 items pushed ahead of it since its store.
-	for i := 99; i >= 75; i-- {
-		mustGet(t, s, fmt.Sprintf("k%02d", i), val)
-	}
-	if _, err := s.Do("k80", func(*Item) (*Item, Op) { return nil, Keep }); err != nil {
-		t.Fatal(err)
+	for _, k := range []string{"k00", "k01", "k50", "k99"} {
+		mustGet(t, s, k, val)
 	}
 	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
-		t.Fatalf("uses in the front quarter reordered the list:\n got %v\nwant %v", got, want)
+		t.Fatalf("reads reordered the list:\n got %v\nwant %v", got, want)
 	}
-	// Position 25 is outside it: k74 moves to the head, as does the tail k00.
-	mustGet(t, s, "k74", val)
-	mustGet(t, s, "k00", val)
-	want = slices.DeleteFunc(want, func(k string) bool { return k == "k74" || k == "k00" })
-	want = append([]string{"k00", "k74"}, want...)
-	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
-		t.Fatalf("after using k74 and k00:\n got %v\nwant %v", got, want)
-	}
-	// The store is full: the next store evicts the tail, k01.
+	// The store is full: n00 goes in at the head; the tail k00 and then k01 were read, so both
+	// move ahead of it, and k02 is evicted.
 	set(t, s, "n00", val, 0)
-	h.expectChanged(t, "k01", "n00")
-	mustGet(t, s, "k00", val)
+	h.expectChanged(t, "k02", "n00")
+	want = slices.DeleteFunc(want, func(k string) bool { return k == "k00" || k == "k01" || k == "k02" })
+	want = append([]string{"k01", "k00", "n00"}, want...)
+	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
+		t.Fatalf("after an eviction:\n got %v\nwant %v", got, want)
+	}
+	// Their marks are spent: once they reach the tail again they go like any other item.
+	for i := 1; i <= 99; i++ {
+		set(t, s, fmt.Sprintf("n%02d", i), val, 0)
+	}
+	for _, k := range []string{"k00", "k01", "k02", "k98", "n00", "n01"} {
+		mustMiss(t, s, k)
+	}
+	// k50 and k99, read once, each had their second chance when they reached the tail.
+	mustGet(t, s, "k50", val)
+	mustGet(t, s, "k99", val)
+	h.take()
+
+	// Writes: positions 0 to 24 of 100 had fewer than 25 items pushed ahead since their store.
+	s2, _, _ := newTestStore(t, Config{Shards: 1, MemoryLimit: 100 * size})
+	want = nil
+	for i := range 100 {
+		k := fmt.Sprintf("k%02d", i)
+		set(t, s2, k, val, 0)
+		want = append([]string{k}, want...)
+	}
+	keep := func(k string) {
+		t.Helper()
+		if _, err := s2.Do(k, func(*Item) (*Item, Op) { return nil, Keep }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 99; i >= 75; i-- {
+		keep(fmt.Sprintf("k%02d", i))
+	}
+	if got := lruOrder(s2, "k00"); !slices.Equal(got, want) {
+		t.Fatalf("writes in the front quarter reordered the list:\n got %v\nwant %v", got, want)
+	}
+	keep("k74") // position 25: it moves to the head
+	want = append([]string{"k74"}, slices.DeleteFunc(want, func(k string) bool { return k == "k74" })...)
+	if got := lruOrder(s2, "k00"); !slices.Equal(got, want) {
+		t.Fatalf("after a write of k74:\n got %v\nwant %v", got, want)
+	}
 }
 
 // TestView: View shows what Get shows, without a copy of the value, records the fetch the same

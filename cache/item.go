@@ -21,7 +21,7 @@ import (
 //	 52     4  flags
 //	 56     4  value length
 //	 60     1  key length
-//	 61     1  bits: fetched, stale, win issued, chained
+//	 61     1  bits: fetched, stale, win issued, chained, active
 //	 62        key, then (chained only) the first continuation's ref, then value bytes
 //
 // A continuation chunk holds the next continuation's ref, the head's ref and value bytes.
@@ -50,6 +50,9 @@ const (
 	bitStale
 	bitWin
 	bitChained
+	// bitActive: fetched since the item last moved in its list. A read only sets it; eviction
+	// gives an active item at the tail a second chance (memcached's ITEM_ACTIVE).
+	bitActive
 )
 
 var le = binary.LittleEndian
