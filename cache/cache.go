@@ -427,7 +427,8 @@ func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, n
 		l.requested += size - oldSize
 		l.st.totalItems++
 		sh.bytes += size - oldSize
-		sh.moveToFront(cls, ref)
+		// Marked rather than moved, as a read marks it: eviction gives it its second chance.
+		c[hBits] |= bitActive
 	} else {
 		var err error
 		if ref, cls, err = s.place(sh, key, next.Value, old); err != nil {

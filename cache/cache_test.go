@@ -712,9 +712,10 @@ func lruOrder(s *Store, key string) []string {
 	return keys
 }
 
-// TestLRUSecondChance: a read leaves the list as it is and marks the item active; eviction moves
-// an active tail to the head, clearing the mark, and takes the next item instead. A write (Keep,
-// Modify) moves the item to the head unless it is in the front quarter of its class list.
+// TestLRUSecondChance: a read, or a set rewriting the item in place, leaves the list as it is and
+// marks the item active; eviction moves an active tail to the head, clearing the mark, and takes
+// the next item instead. A write that keeps the item (Keep, Modify) moves it to the head unless
+// it is in the front quarter of its class list.
 func TestLRUSecondChance(t *testing.T) {
 	const val = "0123456789"
 	size := itemSize("k00", []byte(val))
@@ -726,11 +727,13 @@ func TestLRUSecondChance(t *testing.T) {
 		want = append([]string{k}, want...)
 	}
 	h.take()
-	for _, k := range []string{"k00", "k01", "k50", "k99"} {
+	for _, k := range []string{"k00", "k50", "k99"} {
 		mustGet(t, s, k, val)
 	}
+	set(t, s, "k01", val, 0) // rewritten in place: marked like a read
+	h.take()
 	if got := lruOrder(s, "k00"); !slices.Equal(got, want) {
-		t.Fatalf("reads reordered the list:\n got %v\nwant %v", got, want)
+		t.Fatalf("reads and an in-place set reordered the list:\n got %v\nwant %v", got, want)
 	}
 	// The store is full: n00 goes in at the head; the tail k00 and then k01 were read, so both
 	// move ahead of it, and k02 is evicted.
