@@ -44,7 +44,28 @@ type Item struct {
 	Fetched    bool  // fetched at least once since stored
 	Stale      bool  // marked stale (meta "I" invalidate)
 	WinIssued  bool  // a client already got the recache "win" token
+
+	hit Hit // what Count recorded
 }
+
+// A Hit names one of memcached's per-class counters (stats slabs) that only the command knows to
+// count: the store counts get_hits, cmd_set and delete_hits itself.
+type Hit uint8
+
+// The hits Item.Count records.
+const (
+	NoHit     Hit = iota
+	IncrHit       // incr_hits
+	DecrHit       // decr_hits
+	CASHit        // cas_hits
+	CASBadval     // cas_badval
+	TouchHit      // touch_hits
+	numHits
+)
+
+// Count records, on the cur Do hands its fn, one hit of kind h in the item's size class, counted
+// when fn returns; one per call, the last one wins. On any other Item it does nothing useful.
+func (it *Item) Count(h Hit) { it.hit = h }
 
 // Hook sees every change. It is called with the key's shard lock held, before the operation
 // returns, so the caller's reply is sent only after the hook ran. A hook must not call back into
@@ -366,6 +387,18 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 		cur = &sh.cur
 	}
 	next, op := fn(cur)
+	// memcached counts a set command for a cas refused for its unique, and none for incr or decr.
+	countSet := true
+	if cur != nil && cur.hit != NoHit && cur.hit < numHits {
+		st := &sh.lists[sh.class(ref)].st
+		st.hits[cur.hit]++
+		switch cur.hit {
+		case CASBadval:
+			st.cmdSet++
+		case IncrHit, DecrHit:
+			countSet = false
+		}
+	}
 
 	switch op {
 	case Keep:
@@ -390,20 +423,20 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 		if next == nil {
 			return 0, ErrInvalidOp
 		}
-		return s.store(sh, key, h, ref, next, now, false)
+		return s.store(sh, key, h, ref, next, now, false, countSet)
 	case Install:
 		if next == nil {
 			return 0, ErrInvalidOp
 		}
-		return s.store(sh, key, h, ref, next, now, true)
+		return s.store(sh, key, h, ref, next, now, true, true)
 	default:
 		return 0, ErrInvalidOp
 	}
 }
 
-// store puts next under key, replacing old (0 if none); keepCAS keeps next.CAS (Install). The
-// shard lock is held.
-func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time, keepCAS bool) (uint64, error) {
+// store puts next under key, replacing old (0 if none); keepCAS keeps next.CAS (Install);
+// countSet counts it in its class's cmd_set. The shard lock is held.
+func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time, keepCAS, countSet bool) (uint64, error) {
 	if len(key) > MaxKeyLen {
 		return 0, ErrKeyTooLong // and no item can be under such a key
 	}
@@ -451,7 +484,9 @@ func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, n
 		}
 		sh.link(ref, cls, h, size)
 	}
-	sh.lists[cls].st.cmdSet++
+	if countSet {
+		sh.lists[cls].st.cmdSet++
+	}
 	s.makeRoom(sh, ref, now)
 	s.changed(key)
 	return next.CAS, nil

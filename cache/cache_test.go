@@ -830,3 +830,37 @@ func TestView(t *testing.T) {
 		t.Fatalf("after two Views and a Get of a live item: %d hits, %d items; want 3 and 1", hits, st.CurrItems)
 	}
 }
+
+// TestCountHits: what fn records with Count is counted in the item's class, once per Do; an
+// incr or decr that stores is not a set command, a refused cas is one, as memcached counts.
+func TestCountHits(t *testing.T) {
+	s, _, _ := newTestStore(t, Config{Shards: 2})
+	set(t, s, "n", "10", 0)
+	do := func(h Hit, op Op) {
+		t.Helper()
+		if _, err := s.Do("n", func(cur *Item) (*Item, Op) {
+			cur.Count(TouchHit) // the last Count wins
+			cur.Count(h)
+			return &Item{Value: []byte("11")}, op
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do(IncrHit, Replace)
+	do(DecrHit, Replace)
+	do(CASBadval, Keep)
+	do(TouchHit, Keep)
+	if _, err := s.Do("absent", func(cur *Item) (*Item, Op) { return nil, Keep }); err != nil {
+		t.Fatal(err)
+	}
+	var got ClassStats
+	for _, c := range s.Classes() {
+		if c.Items > 0 {
+			got = c
+		}
+	}
+	want := [numHits]uint64{IncrHit: 1, DecrHit: 1, CASBadval: 1, TouchHit: 1}
+	if got.Hits != want || got.CmdSet != 2 { // the first set and the refused cas
+		t.Fatalf("class %d: hits %v, cmd_set %d; want %v and 2", got.Class, got.Hits, got.CmdSet, want)
+	}
+}

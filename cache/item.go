@@ -87,7 +87,8 @@ type classList struct {
 type classCounters struct {
 	totalItems, evicted, evictedNonzero, evictedUnfetched, expired, expiredUnfetched,
 	reclaimed, outOfMemory, getHits, cmdSet, deleteHits uint64
-	evictedTime int64 // seconds since the last evicted item's last access
+	hits        [numHits]uint64 // by Hit, as Item.Count recorded them
+	evictedTime int64           // seconds since the last evicted item's last access
 }
 
 func (sh *shard) chunk(ref uint32) []byte { return sh.sl.chunk(ref) }

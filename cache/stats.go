@@ -81,6 +81,9 @@ type ClassStats struct {
 	GetHits          uint64 // fetches, including those answered elsewhere (RecordFetch)
 	CmdSet           uint64 // Replace and Install
 	DeleteHits       uint64
+	// Hits counts what commands recorded with Item.Count, by Hit (incr_hits, decr_hits,
+	// cas_hits, cas_badval, touch_hits).
+	Hits [numHits]uint64
 }
 
 // Classes returns the classes that have pages or items, in class order.
@@ -122,6 +125,9 @@ func (s *Store) Classes() []ClassStats {
 			o.GetHits += l.st.getHits
 			o.CmdSet += l.st.cmdSet
 			o.DeleteHits += l.st.deleteHits
+			for h, n := range l.st.hits {
+				o.Hits[h] += n
+			}
 		}
 		sh.mu.Unlock()
 	}

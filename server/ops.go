@@ -92,12 +92,14 @@ func (s *Server) storeItem(key []byte, r *storeReq) storeResult {
 				if cur.CAS != r.cas {
 					if !r.stale || r.cas >= cur.CAS {
 						s.st.casBadval.Add(1)
+						cur.Count(cache.CASBadval)
 						status = storeExists
 						return nil, cache.Keep
 					}
 					next.Stale, next.Exptime, next.WinIssued = true, cur.Exptime, cur.WinIssued
 				}
 				s.st.casHits.Add(1)
+				cur.Count(cache.CASHit)
 			} else if r.mode == modeReplace && cur == nil {
 				status = storeNotStored
 				return nil, cache.Keep
@@ -208,6 +210,11 @@ func (s *Server) arith(key []byte, r *arithReq, dst []byte) arithResult {
 			res.status = arithNonNumeric
 			return nil, cache.Keep
 		}
+		if r.incr {
+			cur.Count(cache.IncrHit)
+		} else {
+			cur.Count(cache.DecrHit)
+		}
 		switch {
 		case r.incr:
 			v += r.delta
@@ -310,6 +317,7 @@ func (s *Server) touchItem(key []byte, exptime int64) bool {
 		}
 		found = true
 		cur.Exptime = exptime
+		cur.Count(cache.TouchHit)
 		return nil, cache.Modify
 	})
 	if found {
@@ -411,6 +419,7 @@ func (s *Server) fetch(key []byte, r *fetchReq, res *fetchResult) {
 		}
 		if r.touch {
 			cur.Exptime = r.exptime
+			cur.Count(cache.TouchHit)
 			op = cache.Modify
 		}
 		if r.recache && r.recacheAfterTouch && !cur.WinIssued && cur.Exptime != 0 && cur.Exptime < r.recacheBefore {

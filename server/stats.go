@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/xdpcache/xdpcache/cache"
 )
 
 // counters are the server's own event counts, named after memcached's stats.
@@ -226,6 +228,11 @@ func (s *Server) slabsStats() []stat {
 			stat{p + "get_hits", u64(c.GetHits)},
 			stat{p + "cmd_set", u64(c.CmdSet)},
 			stat{p + "delete_hits", u64(c.DeleteHits)},
+			stat{p + "incr_hits", u64(c.Hits[cache.IncrHit])},
+			stat{p + "decr_hits", u64(c.Hits[cache.DecrHit])},
+			stat{p + "cas_hits", u64(c.Hits[cache.CASHit])},
+			stat{p + "cas_badval", u64(c.Hits[cache.CASBadval])},
+			stat{p + "touch_hits", u64(c.Hits[cache.TouchHit])},
 		)
 	}
 	cs := s.store.Stats()

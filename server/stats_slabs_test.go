@@ -49,6 +49,23 @@ func TestSlabStatsAgainstMemcached(t *testing.T) {
 		}
 		c.roundTrip("get k1 k2 m1\r\n")
 		c.roundTrip("delete m2\r\n")
+		// The hits only the commands know to count, per class.
+		c.roundTrip("set n1 0 0 2\r\n10\r\n")
+		c.roundTrip("incr n1 5\r\n")
+		c.roundTrip("incr n1 1\r\n")
+		c.roundTrip("decr n1 2\r\n")
+		c.roundTrip("incr nobody 1\r\n")
+		c.roundTrip("touch k1 100\r\n")
+		c.roundTrip("gat 100 m3\r\n")
+		// A CAS unique no item has: cas_badval, and a set command in the class of the value.
+		c.roundTrip(fmt.Sprintf("cas m4 0 0 300 1\r\n%s\r\n", strings.Repeat("z", 300)))
+		f := strings.Fields(c.roundTrip("gets m5\r\n"))
+		if len(f) < 5 {
+			t.Fatalf("%s: gets m5: %q", who, f)
+		}
+		if got := c.roundTrip("cas m5 0 0 3 " + f[4] + "\r\nabc\r\n"); got != "STORED\r\n" {
+			t.Fatalf("%s: cas with the item's unique: %q", who, got)
+		}
 	}
 
 	for _, group := range []string{"slabs", "items"} {
@@ -78,6 +95,20 @@ func TestSlabStatsAgainstMemcached(t *testing.T) {
 		}
 	}
 
+	// The per-class hits were counted, not only equal: the workload's sums.
+	sums := map[string]int{}
+	for name, v := range statValues(t, "xdpcache", clients["xdpcache"].roundTrip("stats slabs\r\n")) {
+		if i := strings.IndexByte(name, ':'); i > 0 {
+			n, _ := strconv.Atoi(v)
+			sums[name[i+1:]] += n
+		}
+	}
+	for name, want := range map[string]int{"incr_hits": 2, "decr_hits": 1, "touch_hits": 2, "cas_hits": 1, "cas_badval": 1} {
+		if sums[name] != want {
+			t.Errorf("stats slabs: %s sums to %d over the classes, want %d", name, sums[name], want)
+		}
+	}
+
 	// stats sizes: the same buckets' shape (multiples of 32) and the same item count; the
 	// bucket of an item depends on each server's header size.
 	sizeLine := regexp.MustCompile(`^\d+$`)
@@ -92,7 +123,7 @@ func TestSlabStatsAgainstMemcached(t *testing.T) {
 			k, _ := strconv.Atoi(v)
 			total += k
 		}
-		if want := len(sizes) + 299; total != want {
+		if want := len(sizes) + 299 + 1; total != want { // the 300 "m" less one deleted, and n1
 			t.Errorf("%s: stats sizes counts %d items, want %d", who, total, want)
 		}
 		if got := c.roundTrip("stats sizes_disable\r\nstats sizes\r\n"); got != "STAT sizes_status disabled\r\nSTAT sizes_status disabled\r\nEND\r\n" {
