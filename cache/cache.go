@@ -390,7 +390,7 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 	// memcached counts a set command for a cas refused for its unique, and none for incr or decr.
 	countSet := true
 	if cur != nil && cur.hit != NoHit && cur.hit < numHits {
-		st := &sh.lists[sh.class(ref)].st
+		st := &sh.lists[sh.itemClass(ref)].st
 		st.hits[cur.hit]++
 		switch cur.hit {
 		case CASBadval:
@@ -404,7 +404,7 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 	case Keep:
 		if ref != 0 {
 			sh.saveMeta(ref, cur)
-			sh.moveToFront(sh.class(ref), ref)
+			sh.moveToFront(sh.itemClass(ref), ref)
 		}
 		return 0, nil
 	case Modify:
@@ -414,7 +414,7 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 		return 0, s.modified(sh, key, h, ref, cur, now)
 	case Delete:
 		if ref != 0 {
-			sh.lists[sh.class(ref)].st.deleteHits++
+			sh.lists[sh.itemClass(ref)].st.deleteHits++
 			sh.remove(ref, h)
 			s.changed(key)
 		}
@@ -524,7 +524,7 @@ func (s *Store) modified(sh *shard, key string, h uint64, ref uint32, cur *Item,
 		ref = nref
 	}
 	sh.saveMeta(ref, cur)
-	sh.moveToFront(sh.class(ref), ref)
+	sh.moveToFront(sh.itemClass(ref), ref)
 	s.makeRoom(sh, ref, now)
 	s.changed(key)
 	return nil
@@ -556,17 +556,25 @@ func (s *Store) place(sh *shard, key string, value []byte, keep uint32) (ref uin
 		copy(c[hdrSize+len(key):], value)
 		return ref, cls, nil
 	}
-	// A chain of largest-class chunks: the head holds the header, the key, the first
-	// continuation's ref and the start of the value; each continuation its next, the head and
-	// more of the value.
-	cls = s.sl.largest()
-	size := s.sl.classes[cls].size
-	headCap := size - headSpan(len(key), true)
-	contCap := size - contHdr
-	n := 1 + (len(value)-headCap+contCap-1)/contCap
-	refs := make([]uint32, 0, n)
-	for range n {
-		r, err := s.allocChunk(sh, cls, keep)
+	// A chain, as memcached 1.6 chunks an item larger than its largest chunk: a head chunk of
+	// the class that fits the header, the key and the first continuation's ref, and no value;
+	// then continuations, each holding its next's ref, the head's ref and value bytes, of the
+	// largest class but for the last, which takes the smallest class that fits what remains.
+	big := s.sl.largest()
+	contCap := s.sl.classes[big].size - contHdr
+	n := (len(value) + contCap - 1) / contCap
+	classes := make([]int, 1, n+1)
+	classes[0] = s.sl.classFor(headSpan(len(key), true))
+	for i := range n {
+		c := big
+		if i == n-1 {
+			c = s.sl.classFor(contHdr + len(value) - i*contCap)
+		}
+		classes = append(classes, c)
+	}
+	refs := make([]uint32, 0, n+1)
+	for _, c := range classes {
+		r, err := s.allocChunk(sh, c, keep)
 		if err != nil {
 			s.sl.release(refs...)
 			return 0, 0, err
@@ -580,18 +588,18 @@ func (s *Store) place(sh *shard, key string, value []byte, keep uint32) (ref uin
 	put32(c, hVlen, uint32(len(value)))
 	copy(c[hdrSize:], key)
 	put32(c, hdrSize+len(key), refs[1])
-	rest := value[copy(c[headSpan(len(key), true):], value):]
-	for i := 1; i < n; i++ {
+	rest := value
+	for i := 1; i <= n; i++ {
 		cc := sh.chunk(refs[i])
 		var nxt uint32
-		if i+1 < n {
+		if i < n {
 			nxt = refs[i+1]
 		}
 		put32(cc, 0, nxt)
 		put32(cc, 4, ref)
 		rest = rest[copy(cc[contHdr:], rest):]
 	}
-	return ref, cls, nil
+	return ref, big, nil
 }
 
 // allocChunk takes a chunk of class cls, evicting that class's least recently used items until
@@ -710,7 +718,7 @@ func (s *Store) makeRoom(sh *shard, keep uint32, now time.Time) {
 // memory is reclaimed, a live one is evicted. The shard lock is held.
 func (s *Store) evict(sh *shard, ref uint32, now time.Time) {
 	c := sh.chunk(ref)
-	st := &sh.lists[sh.class(ref)].st
+	st := &sh.lists[sh.itemClass(ref)].st
 	fetched := c[hBits]&bitFetched != 0
 	switch {
 	case expiredAt(c, now.Unix()):
@@ -762,7 +770,7 @@ func (s *Store) reap(sh *shard, ref uint32, h uint64, now time.Time) bool {
 func (s *Store) reapChunk(sh *shard, ref uint32, c []byte, h uint64, now time.Time) bool {
 	switch {
 	case expiredAt(c, now.Unix()):
-		st := &sh.lists[sh.class(ref)].st
+		st := &sh.lists[sh.itemClass(ref)].st
 		st.expired++
 		if c[hBits]&bitFetched == 0 {
 			st.expiredUnfetched++
@@ -1015,6 +1023,16 @@ func (sh *shard) init(id int, budget int64, sl *slabs, seed maphash.Seed) {
 // class returns the size class of ref's chunk.
 func (sh *shard) class(ref uint32) int { return sh.sl.pages[ref>>refChunkBits].class }
 
+// itemClass returns the class whose list holds the item at head ref and counts it: its head
+// chunk's, or for a chain the largest class, where memcached lists and counts a chained item
+// although its head chunk is a small one.
+func (sh *shard) itemClass(ref uint32) int {
+	if sh.chunk(ref)[hBits]&bitChained != 0 {
+		return sh.sl.largest()
+	}
+	return sh.class(ref)
+}
+
 func (sh *shard) hashOf(ref uint32) uint64 {
 	return maphash.Bytes(sh.seed, chunkKey(sh.chunk(ref)))
 }
@@ -1048,7 +1066,7 @@ func (sh *shard) link(ref uint32, cls int, h uint64, size int64) {
 // remove takes the item at head ref out of the index, its LRU and the accounts, and frees its
 // chunks. h is the hash of its key.
 func (sh *shard) remove(ref uint32, h uint64) {
-	cls := sh.class(ref)
+	cls := sh.itemClass(ref)
 	size := sh.itemSizeOf(ref)
 	sh.unlinkLRU(cls, ref, sh.chunk(ref))
 	sh.indexRemove(ref, h)
@@ -1090,7 +1108,6 @@ func (sh *shard) load(c []byte, own bool, it *Item) {
 		return
 	}
 	v := make([]byte, 0, vlen)
-	v = append(v, c[headSpan(klen, true):]...)
 	for r := u32(c, hdrSize+klen); r != 0; {
 		cc := sh.chunk(r)
 		v = append(v, cc[contHdr:min(len(cc), contHdr+vlen-len(v))]...)
@@ -1149,5 +1166,5 @@ func (sh *shard) fetched(ref uint32, c []byte, now time.Time) {
 	if c[hBits]&bitActive == 0 {
 		c[hBits] |= bitActive
 	}
-	sh.lists[sh.class(ref)].st.getHits++
+	sh.lists[sh.itemClass(ref)].st.getHits++
 }

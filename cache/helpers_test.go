@@ -200,8 +200,8 @@ func checkInvariants(t *testing.T, s *Store) {
 				if age := int64(sh.bump - u32(c, hBump)); age < listed {
 					t.Errorf("shard %d class %d: %q has %d items ahead, %d bumps since its own", i, cls, key, listed, age)
 				}
-				if sh.class(ref) != cls {
-					t.Errorf("shard %d: %q listed in class %d, its chunk is in class %d", i, key, cls, sh.class(ref))
+				if sh.itemClass(ref) != cls {
+					t.Errorf("shard %d: %q listed in class %d, it belongs in class %d", i, key, cls, sh.itemClass(ref))
 				}
 				if got := sh.lookup(key, maphash.String(s.seed, key)); got != ref {
 					t.Errorf("shard %d: list item %q not in the index (found %d, want %d)", i, key, got, ref)

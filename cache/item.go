@@ -5,8 +5,10 @@ import (
 	"hash/maphash"
 )
 
-// An item lives in one chunk, or for values larger than the largest chunk in a chain of chunks
-// of the largest class. The head chunk starts with a fixed header:
+// An item lives in one chunk, or, when it does not fit the largest, in a chain as memcached 1.6
+// chunks it: a head chunk of the class that fits the header, the key and the first
+// continuation's ref, then continuations of the largest class but for the last, which takes the
+// smallest class that fits what remains. The head chunk starts with a fixed header:
 //
 //	off  size  field
 //	  0     4  prev: LRU neighbour towards the head (ref)
@@ -22,7 +24,7 @@ import (
 //	 56     4  value length
 //	 60     1  key length
 //	 61     1  bits: fetched, stale, win issued, chained, active
-//	 62        key, then (chained only) the first continuation's ref, then value bytes
+//	 62        key, then the value bytes, or (chained) the first continuation's ref
 //
 // A continuation chunk holds the next continuation's ref, the head's ref and value bytes.
 // All fields are little endian. Nothing in a chunk is a Go pointer.
@@ -66,7 +68,8 @@ func chunkKey(c []byte) []byte { return c[hdrSize : hdrSize+int(c[hKlen])] }
 
 func chunkVlen(c []byte) int { return int(u32(c, hVlen)) }
 
-// headSpan is the header and key bytes before the value in a head chunk.
+// headSpan is the bytes of a head chunk before its value: the header and the key, and in a
+// chained head (which holds no value) the first continuation's ref.
 func headSpan(klen int, chained bool) int {
 	if chained {
 		return hdrSize + klen + chainRef

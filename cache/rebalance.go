@@ -143,8 +143,7 @@ func (s *Store) evacuate(sh *shard, ref uint32, cont bool) {
 		sl.mu.Unlock()
 		return
 	}
-	cls := sh.class(ref)
-	nref, ok := sl.alloc(cls, sh.id, false) // rescue into free chunks only, as memcached
+	nref, ok := sl.alloc(sh.class(ref), sh.id, false) // rescue into free chunks only, as memcached
 	if !ok {
 		s.drop(sh, ref)
 		sl.mu.Lock()
@@ -156,7 +155,7 @@ func (s *Store) evacuate(sh *shard, ref uint32, cont bool) {
 	copy(c, old)
 	h := sh.hashOf(ref)
 	// Point the LRU neighbours, the hash chain and any continuations at the copy.
-	l := &sh.lists[cls]
+	l := &sh.lists[sh.itemClass(nref)]
 	if prev := u32(c, hPrev); prev != 0 {
 		put32(sh.chunk(prev), hNext, nref)
 	} else {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"regexp"
@@ -138,6 +139,55 @@ func TestSlabStatsAgainstMemcached(t *testing.T) {
 		if have[name] == "" || theirs[name] == "" {
 			t.Errorf("stats %s: ours %q, memcached %q", name, have[name], theirs[name])
 		}
+	}
+}
+
+// TestChainedItemsAgainstMemcached stores two items larger than the largest chunk in our server
+// and in memcached: both chain them the same way, in chunks of the largest class and a last one
+// of the class that fits the rest, and list and count them in the largest class. Only the head
+// chunk differs: ours holds a smaller header, so it sits in a smaller class.
+func TestChainedItemsAgainstMemcached(t *testing.T) {
+	mc := testenv.StartMemcached(t, false, "-m", "64")
+	ours := startServer(t, Config{MemoryLimit: 64 << 20})
+	used := map[string]map[int]int{}
+	for who, addr := range map[string]string{"xdpcache": ours.tcpAddr, "memcached": mc.Addr} {
+		c := dialText(t, addr)
+		for i, n := range []int{700000, 1000000} {
+			v := strings.Repeat(string(rune('a'+i)), n)
+			if got := c.roundTrip(fmt.Sprintf("set big%d 0 0 %d\r\n%s\r\n", i, n, v)); got != "STORED\r\n" {
+				t.Fatalf("%s: set of %d bytes: %q", who, n, got)
+			}
+			want := fmt.Sprintf("VALUE big%d 0 %d\r\n%s\r\nEND\r\n", i, n, v)
+			if got := c.roundTrip(fmt.Sprintf("get big%d\r\n", i)); got != want {
+				t.Fatalf("%s: get of the %d-byte item: %d bytes back, not the value", who, n, len(got))
+			}
+		}
+		items := statValues(t, who, c.roundTrip("stats items\r\n"))
+		slabs := statValues(t, who, c.roundTrip("stats slabs\r\n"))
+		largest := 0
+		used[who] = map[int]int{}
+		for name, v := range slabs {
+			cls, field, ok := strings.Cut(name, ":")
+			n, err := strconv.Atoi(cls)
+			if !ok || err != nil || field != "used_chunks" {
+				continue
+			}
+			largest = max(largest, n)
+			used[who][n], _ = strconv.Atoi(v)
+		}
+		if got := items[fmt.Sprintf("items:%d:number", largest)]; got != "2" {
+			t.Errorf("%s: the largest class %d lists %q items, want 2", who, largest, got)
+		}
+	}
+	heads := map[string]int{"xdpcache": 1, "memcached": 2} // 96- and 120-byte chunks
+	for who, h := range heads {
+		if used[who][h] != 2 {
+			t.Errorf("%s: %d chunks used in class %d, want the 2 heads", who, used[who][h], h)
+		}
+		delete(used[who], h)
+	}
+	if !maps.Equal(used["xdpcache"], used["memcached"]) {
+		t.Errorf("used chunks by class but the heads': ours %v, memcached %v", used["xdpcache"], used["memcached"])
 	}
 }
 
