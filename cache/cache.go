@@ -796,9 +796,10 @@ func (s *Store) changed(key string) {
 	}
 }
 
-// Get returns a copy of key's live item and records the fetch: Fetched, LastAccess = now and an
-// LRU bump. The copy shows the access state from before this fetch (what meta flags h and l
-// report). The hook runs only if an expired or flushed item was removed.
+// Get returns a copy of key's live item and records the fetch as View does. The copy shows the
+// access state from before this fetch (what meta flags h and l report). The hook runs only if an
+// expired or flushed item was removed. It repeats View's lookup rather than call it: through a
+// closure a Get took 15-20% longer.
 func (s *Store) Get(key string) (it Item, ok bool) {
 	h := maphash.String(s.seed, key)
 	sh := s.shardOf(h)
@@ -838,7 +839,7 @@ func (s *Store) View(key string, fn func(it *Item)) bool {
 }
 
 // RecordFetch records a fetch of key that was answered elsewhere (the kernel cache): Fetched,
-// LastAccess = now and an LRU bump, as Get does, without copying the item. Nothing happens for a
+// LastAccess = now and the active mark that gives it a second chance in the LRU, as View does. Nothing happens for a
 // key that is gone; an expired or flushed one is removed (the hook runs).
 func (s *Store) RecordFetch(key string) {
 	h := maphash.String(s.seed, key)
