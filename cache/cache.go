@@ -436,7 +436,8 @@ func (s *Store) do(sh *shard, key string, h uint64, fn func(cur *Item) (next *It
 
 // store puts next under key, replacing old (0 if none); keepCAS keeps next.CAS (Install);
 // countSet counts it in its class's cmd_set. The shard lock is held.
-func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time, keepCAS, countSet bool) (uint64, error) {
+func (s *Store) store(sh *shard, key string, h uint64, old uint32, next *Item, now time.Time,
+	keepCAS, countSet bool) (uint64, error) {
 	if len(key) > MaxKeyLen {
 		return 0, ErrKeyTooLong // and no item can be under such a key
 	}
@@ -839,8 +840,8 @@ func (s *Store) View(key string, fn func(it *Item)) bool {
 }
 
 // RecordFetch records a fetch of key that was answered elsewhere (the kernel cache): Fetched,
-// LastAccess = now and the active mark that gives it a second chance in the LRU, as View does. Nothing happens for a
-// key that is gone; an expired or flushed one is removed (the hook runs).
+// LastAccess = now and the active mark that gives it a second chance in the LRU, as View does.
+// Nothing happens for a key that is gone; an expired or flushed one is removed (the hook runs).
 func (s *Store) RecordFetch(key string) {
 	h := maphash.String(s.seed, key)
 	sh := s.shardOf(h)

@@ -358,8 +358,9 @@ type fetchReq struct {
 
 // fetchResult is one retrieved key. item is a copy from before this fetch changed it (Fetched
 // and LastAccess as they were, which mg h and l report; the old Exptime under touch), or with
-// created the new empty item; without its Value when the request had a reply session. won: this client got a recache win token; an item that already
-// had one handed out has WinIssued set. now is the store's clock at the fetch, in unix seconds.
+// created the new empty item; without its Value when the request had a reply session. won: this
+// client got a recache win token; an item that already had one handed out has WinIssued set.
+// now is the store's clock at the fetch, in unix seconds.
 type fetchResult struct {
 	item         cache.Item
 	hit, created bool
