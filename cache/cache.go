@@ -101,8 +101,8 @@ type Config struct {
 	// another does not, 2 after a single check, AutomoveOff never moves pages on its own. 0 means
 	// 1, memcached's default. SetAutomove changes it later.
 	Automove int
-	// Now is the clock, for tests; nil means the wall clock (wallClock: time.Now's reading, at
-	// most a second behind a step of the wall clock).
+	// Now is the clock, for tests; nil means the wall clock, read every 10 ms by one goroutine
+	// for the process (cache/clock.go).
 	Now func() time.Time
 	// Hook sees every change; nil means none.
 	Hook Hook
@@ -233,7 +233,8 @@ func New(cfg Config) *Store {
 		memoryLimit: cfg.MemoryLimit,
 	}
 	if s.now == nil {
-		s.now = new(wallClock).Now
+		startClock()
+		s.now = coarseNow
 	}
 	if s.maxItemSize <= 0 {
 		s.maxItemSize = DefaultMaxItemSize

@@ -1,34 +1,41 @@
 package cache
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// wallClock is the store's clock unless Config.Now sets one: the wall clock, read through the
-// monotonic clock against a wall reading at most a second old. time.Now reads both clocks; this
-// reads one, which is most of what a read of the store saves. A step of the wall clock
-// (settimeofday, an NTP step) shows within a second; NTP's slewing shows at once, as it slews the
-// monotonic clock too. memcached keeps its time from a monotonic clock ticked once a second.
-type wallClock struct{ base atomic.Pointer[clockBase] }
-
-type clockBase struct {
-	wall time.Time     // a time.Now reading
-	at   time.Duration // its monotonic offset from clockStart
+// The stores' clock, unless Config.Now sets one: the wall clock as one value for the process,
+// refreshed every clockTick by a goroutine that starts with the first store and lives as long as
+// the process, as memcached keeps its current_time from a timer. A store operation loads it
+// instead of reading a clock, which on a virtual machine costs more than the rest of a read. The
+// store's time is thus up to a tick (more while the process waits for a CPU) behind the wall
+// clock: expiry and access times are in seconds, and a delayed flush_all's deadline moves by as
+// much.
+var clock struct {
+	start sync.Once
+	nanos atomic.Int64 // unix nanoseconds at the last tick
 }
 
-var clockStart = time.Now()
+// clockTick is the clock's resolution; a tick costs the idle process a wake-up.
+const clockTick = 10 * time.Millisecond
 
-// resyncEvery is how old the wall reading may get.
-const resyncEvery = time.Second
+// startClock starts the clock's goroutine on first use.
+func startClock() {
+	clock.start.Do(func() {
+		clock.nanos.Store(time.Now().UnixNano())
+		go tickClock()
+	})
+}
 
-func (c *wallClock) Now() time.Time {
-	d := time.Since(clockStart) // the monotonic clock alone
-	b := c.base.Load()
-	if b == nil || d-b.at >= resyncEvery {
-		w := time.Now()
-		c.base.Store(&clockBase{wall: w, at: w.Sub(clockStart)})
-		return w
+// tickClock refreshes the clock forever.
+func tickClock() {
+	t := time.NewTicker(clockTick)
+	for range t.C {
+		clock.nanos.Store(time.Now().UnixNano())
 	}
-	return b.wall.Add(d - b.at)
 }
+
+// coarseNow is the clock's time.
+func coarseNow() time.Time { return time.Unix(0, clock.nanos.Load()) }

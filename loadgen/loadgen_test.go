@@ -18,7 +18,9 @@ import (
 	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.IgnoreSpawner()) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, testenv.IgnoreSpawner(), testenv.IgnoreStoreClock())
+}
 
 // quick is a short configuration against addr with no load phase and no warmup, so that every
 // request the fake server sees is in the measured window.

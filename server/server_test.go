@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/xdpcache/xdpcache/internal/protocol"
+	"github.com/xdpcache/xdpcache/internal/testenv"
 )
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -105,7 +106,7 @@ func TestConnLimit(t *testing.T) {
 }
 
 func TestShutdown(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), testenv.IgnoreStoreClock())
 	s, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)

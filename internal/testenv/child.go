@@ -49,3 +49,9 @@ func spawner() {
 func IgnoreSpawner() goleak.Option {
 	return goleak.IgnoreTopFunction("github.com/xdpcache/xdpcache/internal/testenv.spawner")
 }
+
+// IgnoreStoreClock is the goleak option for packages whose tests create an item store: the
+// store's clock ticks in a goroutine that lives as long as the process, on purpose.
+func IgnoreStoreClock() goleak.Option {
+	return goleak.IgnoreTopFunction("github.com/xdpcache/xdpcache/cache.tickClock")
+}
