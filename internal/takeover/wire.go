@@ -57,6 +57,11 @@ func writeFrame(w io.Writer, kind byte, payload []byte) error {
 	if _, err := w.Write(h[:]); err != nil {
 		return err
 	}
+	if len(payload) == 0 {
+		// No write at all: the peer may act on the header alone and close, and a write of
+		// nothing to a closed socket still fails.
+		return nil
+	}
 	_, err := w.Write(payload)
 	return err
 }
