@@ -311,18 +311,13 @@ func cpuSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-// procCPUSeconds reads another process's user and system time from /proc.
+// procCPUSeconds is another process's user and system time in seconds.
 func procCPUSeconds(b *testing.B, pid int) float64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t, err := experiment.ProcCPU(pid)
 	if err != nil {
-		b.Fatalf("server CPU: %v", err)
+		b.Fatal(err)
 	}
-	// The fields after the command name (which may hold spaces) start with the state; utime and
-	// stime are the 12th and 13th of them, in clock ticks.
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
+	return t.Seconds()
 }
 
 // benchEnv is where the benchmark's server runs and how its CPU is counted.

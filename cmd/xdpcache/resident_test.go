@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdpcache/xdpcache/internal/lab/experiment"
 	"github.com/xdpcache/xdpcache/internal/testenv"
 	"github.com/xdpcache/xdpcache/loadgen"
 )
@@ -159,16 +160,13 @@ func steady(b *testing.B, bin, addr string, items, valueSize, rate, seconds int)
 		rep.AchievedRate, get.P50Us, get.P99Us, get.P999Us, set.P50Us, set.P99Us, set.P999Us)
 }
 
-// procCPU is a process's user and system time in seconds, from /proc/PID/stat.
+// procCPU is another process's user and system time in seconds.
 func procCPU(b *testing.B, pid int) float64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t, err := experiment.ProcCPU(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
+	return t.Seconds()
 }
 
 func waitListening(b *testing.B, addr string) {

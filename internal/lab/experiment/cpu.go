@@ -169,7 +169,7 @@ func snapCPU(lb *Lab, cs string, pid int) (cpuSnap, error) {
 	}
 	s.at = time.Now()
 	s.gets, s.kernel = lab.StatUint(st, "cmd_get"), lab.StatUint(st, "kernel_get_hits")
-	if s.proc, err = procCPU(pid); err != nil {
+	if s.proc, err = ProcCPU(pid); err != nil {
 		return s, err
 	}
 	pids, err := lb.ServerNAPI()
@@ -180,7 +180,7 @@ func snapCPU(lb *Lab, cs string, pid int) (cpuSnap, error) {
 		return s, fmt.Errorf("cpu: no NAPI thread for the server veth")
 	}
 	for _, p := range pids {
-		t, err := procCPU(p)
+		t, err := ProcCPU(p)
 		if err != nil {
 			return s, err
 		}

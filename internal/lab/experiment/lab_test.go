@@ -85,7 +85,7 @@ func TestLab(t *testing.T) {
 	if want := "list: 0\n"; len(out) < len(want) || string(out[len(out)-len(want):]) != want {
 		t.Fatalf("memcached affinity: %s", out)
 	}
-	if _, err := procCPU(mc.Pid()); err != nil {
+	if _, err := ProcCPU(mc.Pid()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -56,8 +56,8 @@ func fmtRatio(r float64) string {
 	return strconv.FormatFloat(r, 'f', 2, 64)
 }
 
-// procCPU is a process's user plus system CPU time (all its threads) from /proc/PID/stat.
-func procCPU(pid int) (time.Duration, error) {
+// ProcCPU is a process's user plus system CPU time (all its threads) from /proc/PID/stat.
+func ProcCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, fmt.Errorf("read cpu time of %d: %w", pid, err)
